@@ -1,0 +1,36 @@
+# calcirad: DICOM studies -> NIfTI -> lesion masks -> radiomic features -> validated models -> tables.
+# Run:    snakemake --cores all --profile profiles/local
+# Report: snakemake --report results/report.html
+
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/convert.smk"
+include: "workflow/rules/segment.smk"
+include: "workflow/rules/features.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        "results/tables/series_inventory.csv",
+        "results/tables/failures.csv",
+        "results/tables/segmentation.csv",
+        expand("results/qc/{subject}.png", subject=SUBJECTS),
+        "results/features/all.csv",
+        expand("results/tables/{table}.{ext}", table=MODEL_TABLES, ext=TABLE_FORMATS),
+        expand("results/tables/cohort.{ext}", ext=TABLE_FORMATS),
+        expand("results/figures/roc_{task}.{ext}", task=TASKS, ext=FIGURE_FORMATS),
+    default_target: True

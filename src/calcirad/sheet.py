@@ -1,0 +1,83 @@
+"""The sample sheet: one row per subject, checked before any job starts.
+
+Column types and allowed values are checked by the JSON schema of the workflow
+(``workflow/schemas/samples.schema.yaml``); this module adds the checks a schema cannot express
+(duplicate subjects, study folders that do not exist or lie outside the data root) and resolves
+paths. Relative ``dicom`` and ``mask_*`` paths are relative to the sheet's own folder, so a sheet
+and its data can be moved together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from calcirad.errors import ConfigError
+
+REQUIRED_COLUMNS = ("subject", "label", "site", "dicom")
+LABELS = ("tc", "sarcoma", "mimic")
+CLINICAL_COLUMNS = ("age", "sex", "eskd", "phosphate_mg_dl")
+
+
+def read_sheet(path: str | Path) -> pd.DataFrame:
+    """Read the sheet as strings (IDs like ``007`` must stay ``007``); empty cells become None."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sample sheet {path} does not exist (config key `samples`)")
+    sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
+    sheet = sheet.apply(lambda column: column.str.strip())
+    sheet = sheet.replace({"": None, "NA": None, "nan": None})
+    missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
+    if missing:
+        raise ConfigError(
+            f"sample sheet {path} lacks required column(s) {', '.join(missing)}; "
+            f"it has {', '.join(sheet.columns)} (tab-separated, header on the first line)"
+        )
+    return sheet
+
+
+def check_sheet(
+    sheet: pd.DataFrame, *, sheet_path: str | Path, data_root: str | Path | None = None
+) -> pd.DataFrame:
+    """Check what the schema cannot and return the sheet indexed by subject with absolute paths.
+
+    Raises ConfigError naming the row (1-based, header excluded), the subject and the column.
+    """
+    sheet_path = Path(sheet_path)
+    base = sheet_path.resolve().parent
+    problems: list[str] = []
+    duplicated = sheet["subject"][sheet["subject"].duplicated(keep=False)]
+    for subject in sorted(set(duplicated)):
+        rows = [str(i + 1) for i in sheet.index[sheet["subject"] == subject]]
+        problems.append(
+            f"subject {subject!r} appears on rows {', '.join(rows)}: IDs must be unique"
+        )
+    root = Path(data_root).resolve() if data_root else None
+    resolved = []
+    for row_number, row in enumerate(sheet.itertuples(index=False), start=1):
+        where = f"row {row_number} (subject {row.subject})"
+        if row.label not in LABELS:
+            problems.append(f"{where}: label {row.label!r} is not one of {', '.join(LABELS)}")
+        study = (base / row.dicom).resolve() if row.dicom else None
+        if study is None or not study.is_dir():
+            problems.append(f"{where}: DICOM folder {row.dicom!r} does not exist (column `dicom`)")
+        elif root is not None and not study.is_relative_to(root):
+            problems.append(
+                f"{where}: DICOM folder {row.dicom!r} is outside data_root {str(root)!r}"
+            )
+        resolved.append(str(study) if study else None)
+    if problems:
+        raise ConfigError(f"sample sheet {sheet_path}:\n  " + "\n  ".join(problems))
+    sheet = sheet.copy()
+    sheet["dicom"] = resolved
+    for column in [c for c in sheet.columns if c.startswith("mask_")]:
+        sheet[column] = [
+            str((base / value).resolve()) if value else None for value in sheet[column]
+        ]
+    return sheet.set_index("subject", drop=False)
+
+
+def load_samples(path: str | Path, *, data_root: str | Path | None = None) -> pd.DataFrame:
+    """Read and check the sheet; see :func:`check_sheet`."""
+    return check_sheet(read_sheet(path), sheet_path=path, data_root=data_root)

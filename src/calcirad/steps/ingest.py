@@ -1,0 +1,77 @@
+"""Step 1: find and classify a subject's DICOM series; aggregate the series inventory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from calcirad.atomic import atomic_path
+from calcirad.dicom import build_inventory
+from calcirad.errors import SubjectInputError
+from calcirad.steps.common import STATUS_FAILED, STATUS_OK, failure, log, read_json, write_json
+
+
+def _relative(path: str, study_dir: Path) -> str:
+    """Paths in results/ are relative to the study folder: folder names can carry identifiers."""
+    p = Path(path)
+    return str(p.relative_to(study_dir)) if p.is_absolute() else str(p)
+
+
+def run_ingest(
+    *,
+    subject: str,
+    study_dir: str | Path,
+    rules: dict,
+    pins: dict[str, str],
+    modalities: list[str],
+    out_json: str | Path,
+) -> dict:
+    """Discover the subject's series and record the one chosen per modality.
+
+    Writes ``out_json`` with ``status`` ok/failed, the inventory rows and, per chosen modality, the
+    series' files relative to ``study_dir``. A study with no usable series is a failure record,
+    not an exception, so the other subjects go on.
+    """
+    study_dir = Path(study_dir).resolve()
+    record: dict = {"subject": subject, "stage": "ingest", "rows": [], "chosen": {}, "failures": []}
+    try:
+        inventory = build_inventory(subject=subject, study_dir=study_dir, rules=rules, pins=pins)
+        record["rows"] = inventory.rows
+        for modality, series in sorted(inventory.chosen.items()):
+            if modality not in modalities:
+                continue
+            info = series.to_dict()
+            info["files"] = [_relative(f, study_dir) for f in info["files"]]
+            record["chosen"][modality] = info
+        if not record["chosen"]:
+            raise SubjectInputError(
+                f"no usable series among {len(inventory.rows)} found "
+                f"(looked for {', '.join(modalities)})",
+                subject=subject,
+                stage="ingest",
+                file=str(study_dir.name),
+                hint="check the folder in the sample sheet, or pin series with series_<modality>",
+            )
+        record["status"] = STATUS_OK
+    except SubjectInputError as error:
+        log.error("%s", error)
+        record["status"] = STATUS_FAILED
+        record["failures"].append(failure(subject=subject, stage="ingest", error=error))
+    log.info("subject %s: chose %s", subject, ", ".join(record["chosen"]) or "nothing")
+    write_json(out_json, record)
+    return record
+
+
+def write_series_inventory(*, inventories: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """Concatenate every subject's inventory rows into ``series_inventory.csv``."""
+    rows = []
+    for path in inventories:
+        rows.extend(read_json(path)["rows"])
+    table = pd.DataFrame(rows)
+    if not table.empty:
+        order = [c for c in ("subject", "folder", "series_number") if c in table.columns]
+        table = table.sort_values(order, kind="stable")
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n")
+    return table

@@ -1,0 +1,84 @@
+"""Step 4: fit and validate one (task, feature set, model) combination; aggregate the results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from calcirad.model import comparison_table, evaluate, performance_table, top_features_table
+from calcirad.steps.common import log, read_json, write_json
+from calcirad.tables import write_table
+
+
+def _clinical_frame(clinical: dict[str, dict]) -> pd.DataFrame | None:
+    """Sample-sheet covariates as numbers (sex F/M -> 0/1); None when the sheet has none."""
+    if not clinical:
+        return None
+    frame = pd.DataFrame.from_dict(clinical, orient="index")
+    if "sex" in frame:
+        frame["sex"] = frame["sex"].map({"F": 0.0, "M": 1.0, "f": 0.0, "m": 1.0})
+    frame = frame.apply(pd.to_numeric, errors="coerce").dropna(axis=1, how="all")
+    return frame if not frame.empty else None
+
+
+def run_model(
+    *,
+    features_csv: str | Path,
+    labels: dict[str, str],
+    sites: dict[str, str],
+    clinical: dict[str, dict],
+    task: str,
+    feature_set: str,
+    model: str,
+    settings: dict,
+    out_json: str | Path,
+) -> dict:
+    """Nested cross-validation of one combination; writes its metrics and outer predictions."""
+    features = pd.read_csv(features_csv, dtype={"subject": str}).set_index("subject")
+    label_series = pd.Series(labels, name="label").sort_index()
+    # Subjects that failed upstream have no features row; they are excluded, and counted.
+    label_series = label_series[label_series.index.isin(features.index)]
+    result = evaluate(
+        features=features.loc[label_series.index],
+        labels=label_series,
+        task=task,
+        feature_set=feature_set,
+        model=model,
+        cv=settings["cv"],
+        seed=settings["seed"],
+        sites=pd.Series(sites).loc[label_series.index] if settings["cv"]["group_by_site"] else None,
+        clinical=_clinical_frame(clinical),
+        missing=settings["missing"],
+        n_permutations=settings["n_permutations"],
+    )
+    log.info(
+        "%s / %s / %s: n=%s AUC=%.3f", task, feature_set, model, result["n_subjects"], result["auc"]
+    )
+    write_json(out_json, result)
+    return result
+
+
+def write_model_tables(
+    *, results: list[str | Path], tables_dir: str | Path, provenance: dict
+) -> dict[str, pd.DataFrame]:
+    """performance, model_comparison and top_features tables as CSV + Markdown + LaTeX."""
+    loaded = [read_json(path) for path in results]
+    tables_dir = Path(tables_dir)
+    made = {
+        "performance": (
+            performance_table(loaded),
+            "Cross-validated performance (outer folds of nested, repeated, stratified CV).",
+        ),
+        "model_comparison": (
+            comparison_table(loaded),
+            "AUC difference of each feature set against the conventional measures.",
+        ),
+        "top_features": (
+            top_features_table(loaded),
+            "Features most often selected over outer folds, with mean importance.",
+        ),
+    }
+    for stem, (table, caption) in made.items():
+        write_table(table, stem=tables_dir / stem, caption=caption, provenance=provenance)
+    return {stem: table for stem, (table, _) in made.items()}

@@ -1,0 +1,95 @@
+"""Step 5: cohort-level tables (failures, segmentation, cohort) and figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from calcirad.atomic import atomic_path
+from calcirad.steps.common import log, read_json
+
+FAILURE_COLUMNS = ["subject", "stage", "modality", "reason"]
+
+
+def _write_csv(table: pd.DataFrame, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, lineterminator="\n", float_format="%.6g")
+
+
+def write_failures(*, records: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """Every per-subject failure recorded by any stage: subject, stage, modality, reason."""
+    rows = []
+    for path in records:
+        rows.extend(read_json(path).get("failures", []))
+    table = pd.DataFrame(rows, columns=FAILURE_COLUMNS)
+    table = table.sort_values(["subject", "stage", "modality"], kind="stable", na_position="first")
+    _write_csv(table, out_csv)
+    log.info("%d failure(s) recorded", len(table))
+    return table
+
+
+def write_segmentation_table(*, records: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """subject, modality, source, lesions, volume_ml and, with ground truth, dice and hd95_mm."""
+    rows = []
+    for path in records:
+        record = read_json(path)
+        for modality, values in sorted(record.get("modalities", {}).items()):
+            row = {"subject": record["subject"], "modality": modality, **values}
+            row["defined_by"] = "+".join(row.get("defined_by", []))
+            rows.append(row)
+    columns = ["subject", "modality", "source", "defined_by", "lesions", "volume_ml"]
+    table = pd.DataFrame(rows)
+    if table.empty:
+        table = pd.DataFrame(columns=columns)
+    table = table[columns + [c for c in table.columns if c not in columns]]
+    table = table.sort_values(["subject", "modality"], kind="stable")
+    _write_csv(table, out_csv)
+    return table
+
+
+def modality_availability(*, features_records: list[str | Path]) -> pd.DataFrame:
+    """subject x modality table of feature status (ok / absent / failed)."""
+    rows = [read_json(path) for path in features_records]
+    frame = pd.DataFrame(
+        [{"subject": r["subject"], "modality": r["modality"], "status": r["status"]} for r in rows]
+    )
+    return frame.pivot(index="subject", columns="modality", values="status").sort_index()
+
+
+def write_cohort_table(
+    *,
+    samples: list[dict],
+    features_records: list[str | Path],
+    segmentation_csv: str | Path,
+    failures_csv: str | Path,
+    stem: str | Path,
+    provenance: dict,
+) -> pd.DataFrame:
+    """Table 1: counts by label and site, modality availability, lesion volume, exclusions."""
+    from calcirad.tables import cohort_table, write_table
+
+    sheet = pd.DataFrame(samples).set_index("subject", drop=False)
+    segmentation = pd.read_csv(segmentation_csv, dtype={"subject": str})
+    ct = segmentation[segmentation["modality"] == "ct"].set_index("subject")["volume_ml"]
+    failures = pd.read_csv(failures_csv, dtype={"subject": str})
+    table = cohort_table(
+        samples=sheet,
+        availability=modality_availability(features_records=features_records),
+        volumes=ct,
+        failures=failures,
+    )
+    write_table(
+        table,
+        stem=Path(stem),
+        caption="Cohort: subjects by label, site, modality availability and lesion volume.",
+        provenance=provenance,
+    )
+    return table
+
+
+def write_figures(*, results: list[str | Path], task: str, out_stem: str | Path) -> list[Path]:
+    """ROC curves (with bootstrap bands) of every feature set and model of one task."""
+    from calcirad.figures import roc_figure
+
+    return roc_figure([read_json(p) for p in results], task=task, out_stem=Path(out_stem))

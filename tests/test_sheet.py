@@ -1,0 +1,59 @@
+"""The sample sheet: what the schema cannot check is checked before any job starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from calcirad.errors import ConfigError
+from calcirad.sheet import load_samples
+
+HEADER = "subject\tlabel\tsite\tdicom\tage\n"
+
+
+def _sheet(tmp_path: Path, rows: list[str]) -> Path:
+    for name in ("S01", "S02", "dir with space é"):
+        (tmp_path / "dicom" / name).mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "samples.tsv"
+    path.write_text(HEADER + "".join(r + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_paths_are_resolved_relative_to_the_sheet_and_ids_stay_strings(tmp_path):
+    path = _sheet(
+        tmp_path, ["S01\ttc\tA\tdicom/S01\t40", "007\tmimic\tB\tdicom/dir with space é\t"]
+    )
+    samples = load_samples(path)
+    assert list(samples.index) == ["S01", "007"]
+    assert samples.loc["S01", "dicom"] == str((tmp_path / "dicom" / "S01").resolve())
+    assert samples.loc["007", "dicom"].endswith("dir with space é")
+    assert samples.loc["007", "age"] is None
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        (["S01\ttc\tA\tdicom/S01\t1", "S01\tsarcoma\tA\tdicom/S02\t2"], "appears on rows 1, 2"),
+        (["S01\ttumour\tA\tdicom/S01\t1"], "label 'tumour' is not one of tc, sarcoma, mimic"),
+        (["S01\ttc\tA\tdicom/nowhere\t1"], "row 1 (subject S01): DICOM folder 'dicom/nowhere'"),
+    ],
+)
+def test_sheet_errors_name_the_row_subject_and_column(tmp_path, rows, expected):
+    with pytest.raises(ConfigError, match="sample sheet") as error:
+        load_samples(_sheet(tmp_path, rows))
+    assert expected in str(error.value)
+
+
+def test_study_outside_data_root_is_refused(tmp_path):
+    path = _sheet(tmp_path, ["S01\ttc\tA\tdicom/S01\t1"])
+    with pytest.raises(ConfigError, match="outside data_root"):
+        load_samples(path, data_root=tmp_path / "elsewhere")
+    assert len(load_samples(path, data_root=tmp_path)) == 1
+
+
+def test_missing_required_column(tmp_path):
+    path = tmp_path / "samples.tsv"
+    path.write_text("subject\tlabel\nS01\ttc\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="lacks required column"):
+        load_samples(path)

@@ -1,0 +1,108 @@
+# Shared by every rule file: config and sample-sheet validation (before any job starts), subject
+# lists, input functions, and the per-stage code versions that make code changes rerun their stage.
+
+from pathlib import Path
+
+import pandas as pd
+from snakemake.utils import validate
+
+from calcirad.errors import ConfigError
+from calcirad.sheet import CLINICAL_COLUMNS, check_sheet, read_sheet
+from calcirad.steps.common import code_version, config_hash
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+
+def workflow_path(path):
+    """A config path as given (relative to the run directory), else found in the workflow folder.
+
+    Lets a user's run directory rely on the shipped pyradiomics parameter files.
+    """
+    given = Path(path)
+    if given.is_absolute() or given.exists():
+        return str(given)
+    shipped = Path(workflow.basedir) / given
+    return str(shipped) if shipped.exists() else str(given)
+
+
+config["radiomics"] = {m: workflow_path(p) for m, p in config["radiomics"].items()}
+
+_sheet = read_sheet(config["samples"])
+validate(_sheet, "../schemas/samples.schema.yaml")
+samples = check_sheet(_sheet, sheet_path=config["samples"], data_root=config["data_root"])
+
+SUBJECTS = list(samples["subject"])
+MODALITIES = list(config["modalities"])
+TASKS = list(config["model"]["tasks"])
+FEATURE_SETS = list(config["model"]["feature_sets"])
+MODELS = list(config["model"]["models"])
+MODEL_TABLES = ["performance", "model_comparison", "top_features"]
+TABLE_FORMATS = ["csv", "md", "tex"]
+FIGURE_FORMATS = ["png", "svg"]
+
+missing_radiomics = [m for m in MODALITIES if m not in config["radiomics"]]
+if missing_radiomics:
+    raise ConfigError(
+        f"config key `radiomics` has no parameter file for {', '.join(missing_radiomics)}"
+    )
+
+
+wildcard_constraints:
+    subject="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    modality="|".join(MODALITIES),
+    task="|".join(TASKS),
+    feature_set="[a-z0-9+]+",
+    model="[a-z0-9_]+",
+
+
+# Code versions: a change to a stage's package code reruns that stage (and, through its
+# outputs, what depends on it); a change elsewhere in the package does not.
+CODE = {
+    "ingest": code_version("calcirad.dicom", "calcirad.steps.ingest"),
+    "convert": code_version("calcirad.convert", "calcirad.suv", "calcirad.steps.convert"),
+    "segment": code_version("calcirad.segment", "calcirad.steps.segment"),
+    "qc": code_version("calcirad.qc"),
+    "features": code_version("calcirad.features", "calcirad.steps.features"),
+    "model": code_version("calcirad.model", "calcirad.steps.model"),
+    "tables": code_version("calcirad.tables", "calcirad.figures", "calcirad.steps.report"),
+}
+
+
+def study_dir(wildcards):
+    return samples.loc[wildcards.subject, "dicom"]
+
+
+def series_pins(wildcards):
+    """Series pinned in the sheet (series_<modality> columns): SeriesInstanceUID or folder."""
+    row = samples.loc[wildcards.subject]
+    return {
+        column.removeprefix("series_"): row[column]
+        for column in samples.columns
+        if column.startswith("series_") and row[column]
+    }
+
+
+def truth_mask(wildcards):
+    """Ground-truth lesion mask of a subject, when the config names a truth folder that has it."""
+    if not config["truth"]:
+        return []
+    path = Path(config["truth"]) / wildcards.subject / "lesion.nii.gz"
+    return [str(path)] if path.exists() else []
+
+
+def radiomics_params(wildcards):
+    return config["radiomics"][wildcards.modality]
+
+
+def sheet_column(column):
+    return {s: samples.loc[s, column] for s in SUBJECTS}
+
+
+def clinical_covariates():
+    present = [c for c in CLINICAL_COLUMNS if c in samples.columns]
+    return {s: {c: samples.loc[s, c] for c in present} for s in SUBJECTS} if present else {}
+
+
+def table_provenance():
+    return {"config_hash": config_hash(config), "seed": config["model"]["seed"]}

@@ -1,0 +1,42 @@
+# Stage 1: find every DICOM series of a subject from its headers, classify it, choose one per
+# modality. Never fails for bad input: a subject without usable series gets a failure record.
+
+
+rule ingest:
+    input:
+        study=study_dir,
+    output:
+        "results/ingest/{subject}.json",
+    params:
+        rules=config["ingest"],
+        pins=series_pins,
+        modalities=MODALITIES,
+        code=CODE["ingest"],
+    log:
+        "logs/ingest/{subject}.log",
+    group:
+        "subject"
+    conda:
+        "../../envs/ingest.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/ingest.py"
+
+
+rule series_inventory:
+    input:
+        expand("results/ingest/{subject}.json", subject=SUBJECTS),
+    output:
+        report(
+            "results/tables/series_inventory.csv",
+            caption="../report/series_inventory.rst",
+            category="Data",
+        ),
+    log:
+        "logs/series_inventory.log",
+    conda:
+        "../../envs/ingest.yaml"
+    script:
+        "../scripts/series_inventory.py"

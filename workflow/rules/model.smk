@@ -1,0 +1,51 @@
+# Stage 4: one job per (task, feature set, model): nested, repeated, stratified cross-validation
+# with every data-dependent step inside the training folds.
+
+
+rule fit_model:
+    input:
+        features="results/features/all.csv",
+    output:
+        "results/models/{task}/{feature_set}/{model}.json",
+    params:
+        labels=sheet_column("label"),
+        sites=sheet_column("site"),
+        clinical=clinical_covariates(),
+        settings={k: v for k, v in config["model"].items() if k not in ("tasks", "feature_sets", "models")},
+        code=CODE["model"],
+    log:
+        "logs/model/{task}_{feature_set}_{model}.log",
+    benchmark:
+        "benchmarks/model/{task}_{feature_set}_{model}.tsv"
+    conda:
+        "../../envs/model.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    script:
+        "../scripts/fit_model.py"
+
+
+rule model_tables:
+    input:
+        expand(
+            "results/models/{task}/{feature_set}/{model}.json",
+            task=TASKS,
+            feature_set=FEATURE_SETS,
+            model=MODELS,
+        ),
+    output:
+        report(
+            expand("results/tables/{table}.{ext}", table=MODEL_TABLES, ext=TABLE_FORMATS),
+            caption="../report/performance.rst",
+            category="Results",
+        ),
+    params:
+        provenance=table_provenance(),
+        code=CODE["tables"],
+    log:
+        "logs/model_tables.log",
+    conda:
+        "../../envs/model.yaml"
+    script:
+        "../scripts/model_tables.py"

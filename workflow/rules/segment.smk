@@ -1,0 +1,68 @@
+# Stage 2: the calcific mass on CT, carried onto the MR and PET grids; QC figures and table.
+
+
+rule segment:
+    input:
+        nifti="results/nifti/{subject}",
+        truth=truth_mask,
+    output:
+        directory("results/masks/{subject}"),
+    params:
+        segmentation=config["segmentation"],
+        code=CODE["segment"],
+    log:
+        "logs/segment/{subject}.log",
+    benchmark:
+        "benchmarks/segment/{subject}.tsv"
+    group:
+        "subject"
+    conda:
+        "../../envs/segment.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    script:
+        "../scripts/segment.py"
+
+
+rule qc:
+    input:
+        nifti="results/nifti/{subject}",
+        masks="results/masks/{subject}",
+    output:
+        report(
+            "results/qc/{subject}.png",
+            caption="../report/qc.rst",
+            category="Segmentation QC",
+            subcategory="{subject}",
+        ),
+    params:
+        code=CODE["qc"],
+    log:
+        "logs/qc/{subject}.log",
+    group:
+        "subject"
+    conda:
+        "../../envs/segment.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/qc.py"
+
+
+rule segmentation_table:
+    input:
+        expand("results/masks/{subject}", subject=SUBJECTS),
+    output:
+        report(
+            "results/tables/segmentation.csv",
+            caption="../report/segmentation.rst",
+            category="Segmentation QC",
+        ),
+    log:
+        "logs/segmentation_table.log",
+    conda:
+        "../../envs/segment.yaml"
+    script:
+        "../scripts/segmentation_table.py"

@@ -1,0 +1,16 @@
+"""Thin adapter: rule cohort_table -> calcirad.steps.report.write_cohort_table."""
+
+from pathlib import Path
+
+from calcirad.steps.common import job_log, package_versions
+from calcirad.steps.report import write_cohort_table
+
+with job_log(snakemake.log[0]):
+    write_cohort_table(
+        samples=list(snakemake.params.samples),
+        features_records=list(snakemake.input.features),
+        segmentation_csv=snakemake.input.segmentation,
+        failures_csv=snakemake.input.failures,
+        stem=Path(snakemake.output[0]).with_suffix(""),
+        provenance={**snakemake.params.provenance, "versions": package_versions()},
+    )
