@@ -24,6 +24,7 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         "results/tables/series_inventory.csv",
         "results/tables/failures.csv",
@@ -33,4 +34,3 @@ rule all:
         expand("results/tables/{table}.{ext}", table=MODEL_TABLES, ext=TABLE_FORMATS),
         expand("results/tables/cohort.{ext}", ext=TABLE_FORMATS),
         expand("results/figures/roc_{task}.{ext}", task=TASKS, ext=FIGURE_FORMATS),
-    default_target: True

@@ -10,7 +10,6 @@ from calcirad.errors import ConfigError
 from calcirad.sheet import CLINICAL_COLUMNS, check_sheet, read_sheet
 from calcirad.steps.common import code_version, config_hash
 
-
 validate(config, "../schemas/config.schema.yaml")
 
 
@@ -30,7 +29,9 @@ config["radiomics"] = {m: workflow_path(p) for m, p in config["radiomics"].items
 
 _sheet = read_sheet(config["samples"])
 validate(_sheet, "../schemas/samples.schema.yaml")
-samples = check_sheet(_sheet, sheet_path=config["samples"], data_root=config["data_root"])
+samples = check_sheet(
+    _sheet, sheet_path=config["samples"], data_root=config["data_root"]
+)
 
 SUBJECTS = list(samples["subject"])
 MODALITIES = list(config["modalities"])
@@ -60,12 +61,16 @@ wildcard_constraints:
 # outputs, what depends on it); a change elsewhere in the package does not.
 CODE = {
     "ingest": code_version("calcirad.dicom", "calcirad.steps.ingest"),
-    "convert": code_version("calcirad.convert", "calcirad.suv", "calcirad.steps.convert"),
+    "convert": code_version(
+        "calcirad.convert", "calcirad.suv", "calcirad.steps.convert"
+    ),
     "segment": code_version("calcirad.segment", "calcirad.steps.segment"),
     "qc": code_version("calcirad.qc"),
     "features": code_version("calcirad.features", "calcirad.steps.features"),
     "model": code_version("calcirad.model", "calcirad.steps.model"),
-    "tables": code_version("calcirad.tables", "calcirad.figures", "calcirad.steps.report"),
+    "tables": code_version(
+        "calcirad.tables", "calcirad.figures", "calcirad.steps.report"
+    ),
 }
 
 
@@ -101,7 +106,11 @@ def sheet_column(column):
 
 def clinical_covariates():
     present = [c for c in CLINICAL_COLUMNS if c in samples.columns]
-    return {s: {c: samples.loc[s, c] for c in present} for s in SUBJECTS} if present else {}
+    return (
+        {s: {c: samples.loc[s, c] for c in present} for s in SUBJECTS}
+        if present
+        else {}
+    )
 
 
 def table_provenance():

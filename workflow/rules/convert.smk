@@ -7,10 +7,6 @@ rule convert:
         inventory="results/ingest/{subject}.json",
     output:
         directory("results/nifti/{subject}"),
-    params:
-        study=study_dir,
-        conversion=config["conversion"],
-        code=CODE["convert"],
     log:
         "logs/convert/{subject}.log",
     benchmark:
@@ -22,5 +18,9 @@ rule convert:
     resources:
         mem_mb=2000,
         runtime=20,
+    params:
+        study=study_dir,
+        conversion=config["conversion"],
+        code=CODE["convert"],
     script:
         "../scripts/convert.py"

@@ -10,8 +10,6 @@ rule extract_features:
         params=radiomics_params,
     output:
         "results/features/subjects/{subject}/{modality}.json",
-    params:
-        code=CODE["features"],
     log:
         "logs/features/{subject}_{modality}.log",
     benchmark:
@@ -23,13 +21,17 @@ rule extract_features:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        code=CODE["features"],
     script:
         "../scripts/extract_features.py"
 
 
 rule features_table:
     input:
-        expand("results/features/subjects/{subject}/{{modality}}.json", subject=SUBJECTS),
+        expand(
+            "results/features/subjects/{subject}/{{modality}}.json", subject=SUBJECTS
+        ),
     output:
         "results/features/{modality}.csv",
     log:
@@ -46,14 +48,16 @@ rule features_all:
         params=[config["radiomics"][m] for m in MODALITIES],
     output:
         table=report(
-            "results/features/all.csv", caption="../report/features.rst", category="Features"
+            "results/features/all.csv",
+            caption="../report/features.rst",
+            category="Features",
         ),
         provenance="results/features/provenance.json",
-    params:
-        modalities=MODALITIES,
     log:
         "logs/features_all.log",
     conda:
         "../../envs/features.yaml"
+    params:
+        modalities=MODALITIES,
     script:
         "../scripts/features_all.py"

@@ -7,11 +7,6 @@ rule ingest:
         study=study_dir,
     output:
         "results/ingest/{subject}.json",
-    params:
-        rules=config["ingest"],
-        pins=series_pins,
-        modalities=MODALITIES,
-        code=CODE["ingest"],
     log:
         "logs/ingest/{subject}.log",
     group:
@@ -21,6 +16,11 @@ rule ingest:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        rules=config["ingest"],
+        pins=series_pins,
+        modalities=MODALITIES,
+        code=CODE["ingest"],
     script:
         "../scripts/ingest.py"
 

@@ -7,12 +7,6 @@ rule fit_model:
         features="results/features/all.csv",
     output:
         "results/models/{task}/{feature_set}/{model}.json",
-    params:
-        labels=sheet_column("label"),
-        sites=sheet_column("site"),
-        clinical=clinical_covariates(),
-        settings={k: v for k, v in config["model"].items() if k not in ("tasks", "feature_sets", "models")},
-        code=CODE["model"],
     log:
         "logs/model/{task}_{feature_set}_{model}.log",
     benchmark:
@@ -22,6 +16,16 @@ rule fit_model:
     resources:
         mem_mb=2000,
         runtime=60,
+    params:
+        labels=sheet_column("label"),
+        sites=sheet_column("site"),
+        clinical=clinical_covariates(),
+        settings={
+            k: v
+            for k, v in config["model"].items()
+            if k not in ("tasks", "feature_sets", "models")
+        },
+        code=CODE["model"],
     script:
         "../scripts/fit_model.py"
 
@@ -36,16 +40,18 @@ rule model_tables:
         ),
     output:
         report(
-            expand("results/tables/{table}.{ext}", table=MODEL_TABLES, ext=TABLE_FORMATS),
+            expand(
+                "results/tables/{table}.{ext}", table=MODEL_TABLES, ext=TABLE_FORMATS
+            ),
             caption="../report/performance.rst",
             category="Results",
         ),
-    params:
-        provenance=table_provenance(),
-        code=CODE["tables"],
     log:
         "logs/model_tables.log",
     conda:
         "../../envs/model.yaml"
+    params:
+        provenance=table_provenance(),
+        code=CODE["tables"],
     script:
         "../scripts/model_tables.py"

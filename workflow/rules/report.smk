@@ -14,7 +14,9 @@ rule failures:
         ),
     output:
         report(
-            "results/tables/failures.csv", caption="../report/failures.rst", category="Data"
+            "results/tables/failures.csv",
+            caption="../report/failures.rst",
+            category="Data",
         ),
     log:
         "logs/failures.log",
@@ -39,14 +41,14 @@ rule cohort_table:
             caption="../report/cohort.rst",
             category="Results",
         ),
-    params:
-        samples=samples[["subject", "label", "site"]].to_dict(orient="records"),
-        provenance=table_provenance(),
-        code=CODE["tables"],
     log:
         "logs/cohort_table.log",
     conda:
         "../../envs/model.yaml"
+    params:
+        samples=samples[["subject", "label", "site"]].to_dict(orient="records"),
+        provenance=table_provenance(),
+        code=CODE["tables"],
     script:
         "../scripts/cohort_table.py"
 
@@ -64,11 +66,11 @@ rule figures:
             caption="../report/roc.rst",
             category="Figures",
         ),
-    params:
-        code=CODE["tables"],
     log:
         "logs/figures/{task}.log",
     conda:
         "../../envs/model.yaml"
+    params:
+        code=CODE["tables"],
     script:
         "../scripts/figures.py"

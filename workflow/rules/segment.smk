@@ -7,9 +7,6 @@ rule segment:
         truth=truth_mask,
     output:
         directory("results/masks/{subject}"),
-    params:
-        segmentation=config["segmentation"],
-        code=CODE["segment"],
     log:
         "logs/segment/{subject}.log",
     benchmark:
@@ -21,6 +18,9 @@ rule segment:
     resources:
         mem_mb=2000,
         runtime=20,
+    params:
+        segmentation=config["segmentation"],
+        code=CODE["segment"],
     script:
         "../scripts/segment.py"
 
@@ -36,8 +36,6 @@ rule qc:
             category="Segmentation QC",
             subcategory="{subject}",
         ),
-    params:
-        code=CODE["qc"],
     log:
         "logs/qc/{subject}.log",
     group:
@@ -47,6 +45,8 @@ rule qc:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        code=CODE["qc"],
     script:
         "../scripts/qc.py"
 
