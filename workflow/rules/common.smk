@@ -8,7 +8,8 @@ from snakemake.utils import validate
 
 from calcirad.errors import ConfigError
 from calcirad.sheet import CLINICAL_COLUMNS, check_sheet, read_sheet
-from calcirad.steps.common import code_version, config_hash
+from calcirad.steps.common import code_version
+from calcirad.tables import config_hash
 
 validate(config, "../schemas/config.schema.yaml")
 
@@ -114,4 +115,4 @@ def clinical_covariates():
 
 
 def table_provenance():
-    return {"config_hash": config_hash(config), "seed": config["model"]["seed"]}
+    return {"config_sha256": config_hash(config), "seed": config["model"]["seed"]}

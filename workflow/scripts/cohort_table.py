@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from calcirad.steps.common import job_log, package_versions
+from calcirad.steps.common import job_log
 from calcirad.steps.report import write_cohort_table
+from calcirad.tables import package_versions
 
 with job_log(snakemake.log[0]):
     write_cohort_table(
@@ -12,5 +13,5 @@ with job_log(snakemake.log[0]):
         segmentation_csv=snakemake.input.segmentation,
         failures_csv=snakemake.input.failures,
         stem=Path(snakemake.output[0]).with_suffix(""),
-        provenance={**snakemake.params.provenance, "versions": package_versions()},
+        provenance={**snakemake.params.provenance, "packages": package_versions()},
     )

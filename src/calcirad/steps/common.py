@@ -9,7 +9,6 @@ import logging
 import math
 import sys
 from collections.abc import Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,6 @@ log = logging.getLogger("calcirad")
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_ABSENT = "absent"
-
-PACKAGES = ("calcirad", "pyradiomics", "scikit-learn", "numpy", "SimpleITK", "pydicom", "dcm2niix")
-
 
 @contextlib.contextmanager
 def job_log(path: str | Path | None) -> Iterator[logging.Logger]:
@@ -88,23 +84,6 @@ def failure(*, subject: str, stage: str, error: Exception, modality: str | None 
         str(error) if isinstance(error, SubjectInputError) else f"{type(error).__name__}: {error}"
     )
     return {"subject": subject, "stage": stage, "modality": modality, "reason": reason}
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages whose behaviour shapes the numbers in the tables."""
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
-
-def config_hash(config: dict) -> str:
-    """sha256 (first 16 hex digits) of a config slice, independent of key order."""
-    text = json.dumps(_clean(config), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def code_version(*modules: str) -> str:
