@@ -1,0 +1,191 @@
+"""Image formation: one path (blur -> bias -> noise -> integer encoding) parameterised by modality.
+
+Inputs are the ideal property maps of ``render`` (HU, MR relative signal, SUV); outputs are the
+stored integer pixels plus per-slice RescaleSlope and a RescaleIntercept, so that
+``stored * slope + intercept`` is HU (CT), scanner units (MR) or Bq/ml (PET).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from calcirad.phantom.geometry import Grid
+from calcirad.phantom.priors import Priors, draw
+
+FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
+CT_INTERCEPT = -1024.0  # stored = HU + 1024 in signed int16 (PixelRepresentation 1)
+PET_MAX_STORED = 32767
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """One series to simulate: its modality, property key, grid and physics parameters.
+
+    ``noise`` is ``gaussian`` (std ``noise_level`` HU, correlated by the PSF), ``rician``
+    (std = ``scale`` / ``noise_level``, i.e. noise_level is the muscle SNR) or ``poisson``
+    (``noise_level`` counts per voxel per SUV unit). ``scale`` converts the property to stored units
+    (MR: muscle signal; PET: Bq/ml per SUV).
+    """
+
+    name: str  # series folder stem: CT, MR_T1, MR_T2, PET
+    modality: str  # DICOM Modality: CT, MR, PT
+    key: str  # render property: ct, t1, t2, suv
+    series_number: int
+    grid: Grid
+    psf_fwhm_mm: float
+    noise: str
+    noise_level: float
+    scale: float = 1.0
+    bias_amplitude: float = 0.0
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+def make_grid(spec: dict[str, Any], rng: np.random.Generator, centre: tuple) -> Grid:
+    """Grid of one modality for the chosen size, spacings drawn from ``spec`` (mm)."""
+    return Grid.centred(
+        centre=centre,
+        matrix=int(spec["matrix"]),
+        pixel_mm=round(draw(spec["pixel_mm"], rng), 3),
+        slices=int(spec["slices"]),
+        slice_mm=round(draw(spec["slice_mm"], rng), 2),
+    )
+
+
+def _blur(image: np.ndarray, acq: Acquisition) -> np.ndarray:
+    sx, sy, sz = acq.grid.spacing
+    # through-plane: a thick slice integrates at least ~0.8 of its thickness
+    fwhm_z = max(acq.psf_fwhm_mm, 0.8 * sz) if acq.modality != "PT" else acq.psf_fwhm_mm
+    sigma = (fwhm_z * FWHM_TO_SIGMA / sz, acq.psf_fwhm_mm * FWHM_TO_SIGMA / sy,
+             acq.psf_fwhm_mm * FWHM_TO_SIGMA / sx)  # fmt: skip
+    return ndimage.gaussian_filter(image, sigma, mode="nearest")
+
+
+def _bias_field(grid: Grid, amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth multiplicative receive-coil field: 1 +- ``amplitude`` from a random quadratic."""
+    z, y, x = (np.linspace(-1, 1, n) for n in grid.shape)
+    zz, yy, xx = z[:, None, None], y[None, :, None], x[None, None, :]
+    c = rng.normal(size=6)
+    field_ = c[0] * xx + c[1] * yy + c[2] * zz + c[3] * xx * yy + c[4] * xx**2 + c[5] * yy**2
+    field_ = field_ / (np.abs(field_).max() + 1e-9)
+    return (1.0 + amplitude * field_).astype(np.float32)
+
+
+def ideal_image(values: np.ndarray, acq: Acquisition) -> np.ndarray:
+    """Noise-free image in physical units (HU, MR units before bias, SUV): the blurred map."""
+    return _blur(values.astype(np.float32), acq)
+
+
+def form_image(values: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.ndarray:
+    """Blurred, biased and noisy image in physical units (HU / MR signal / SUV), float32."""
+    image = ideal_image(values, acq) * np.float32(acq.scale if acq.noise == "rician" else 1.0)
+    if acq.bias_amplitude:
+        image *= _bias_field(acq.grid, acq.bias_amplitude, rng)
+    if acq.noise == "gaussian":
+        white = rng.standard_normal(image.shape).astype(np.float32)
+        coloured = _blur(white, acq)  # CT noise is correlated by the reconstruction kernel
+        image += coloured * np.float32(acq.noise_level / coloured.std())
+    elif acq.noise == "rician":
+        sigma = acq.scale / acq.noise_level
+        real = image + rng.normal(0.0, sigma, image.shape)
+        imag = rng.normal(0.0, sigma, image.shape)
+        image = np.sqrt(real**2 + imag**2).astype(np.float32)
+    elif acq.noise == "poisson":
+        counts = rng.poisson(np.clip(image, 0, None) * acq.noise_level)
+        image = (counts / acq.noise_level).astype(np.float32)
+    else:
+        raise ValueError(f"unknown noise model {acq.noise!r}")
+    return image
+
+
+def encode(image: np.ndarray, acq: Acquisition) -> tuple[np.ndarray, list[float], float]:
+    """Stored pixels, per-slice RescaleSlope, RescaleIntercept for one series.
+
+    CT: int16, slope 1, intercept -1024. MR: uint16, slope 1. PET: Bq/ml scaled into int16
+    with its own slope per slice, as PET scanners do.
+    """
+    nz = image.shape[0]
+    if acq.modality == "CT":
+        stored = np.clip(np.rint(image - CT_INTERCEPT), 0, 4095).astype(np.int16)
+        return stored, [1.0] * nz, CT_INTERCEPT
+    if acq.modality == "MR":
+        return np.clip(np.rint(image), 0, 65535).astype(np.uint16), [1.0] * nz, 0.0
+    if acq.modality == "PT":
+        bqml = image.astype(np.float64) * acq.scale
+        peaks = bqml.reshape(nz, -1).max(axis=1)
+        slopes = [float(f"{p / PET_MAX_STORED:.6g}") if p > 0 else 1.0 for p in peaks]
+        stored = np.stack(
+            [np.clip(np.rint(bqml[k] / slopes[k]), 0, PET_MAX_STORED) for k in range(nz)]
+        ).astype(np.int16)
+        return stored, slopes, 0.0
+    raise ValueError(f"unknown modality {acq.modality!r}")
+
+
+def acquisitions(
+    *,
+    priors: Priors,
+    size: str,
+    site: str,
+    rng: np.random.Generator,
+    centre: tuple[float, float, float],
+    bqml_per_suv: float,
+) -> list[Acquisition]:
+    """The four series of one subject (CT, MR T1, MR T2, PET) for ``site`` and ``size``."""
+    sizes, st = priors["sizes"][size], priors["sites"][site]
+    ct_grid = make_grid(sizes["ct"], rng, centre)
+    mr_grid = make_grid(sizes["mr"], rng, centre)  # T1 and T2 share one MR grid
+    pet_grid = make_grid(sizes["pet"], rng, centre)
+    muscle = draw(priors["sequences"]["mr_muscle_signal"], rng)
+    snr, bias = draw(st["mr"]["snr"], rng), draw(st["mr"]["bias_amplitude"], rng)
+    out = [
+        Acquisition(
+            name="CT",
+            modality="CT",
+            key="ct",
+            series_number=2,
+            grid=ct_grid,
+            psf_fwhm_mm=draw(st["ct"]["psf_fwhm_mm"], rng),
+            noise="gaussian",
+            noise_level=draw(st["ct"]["noise_hu"], rng),
+        )
+    ]
+    for number, weighting in ((3, "t1"), (4, "t2")):
+        seq = priors["sequences"][weighting]
+        out.append(
+            Acquisition(
+                name=f"MR_{weighting.upper()}",
+                modality="MR",
+                key=weighting,
+                series_number=number,
+                grid=mr_grid,
+                psf_fwhm_mm=mr_grid.spacing[0],
+                noise="rician",
+                noise_level=snr,
+                scale=muscle,
+                bias_amplitude=bias,
+                tags={
+                    "tr_ms": round(draw(seq["tr_ms"], rng)),
+                    "te_ms": round(draw(seq["te_ms"], rng), 1),
+                    "etl": seq["etl"],
+                    "sequence_name": seq["sequence_name"],
+                    "description": st["mr"][f"{weighting}_desc"],
+                },
+            )
+        )
+    out.append(
+        Acquisition(
+            name="PET",
+            modality="PT",
+            key="suv",
+            series_number=5,
+            grid=pet_grid,
+            psf_fwhm_mm=draw(st["pet"]["psf_fwhm_mm"], rng),
+            noise="poisson",
+            noise_level=draw(st["pet"]["counts_per_suv"], rng),
+            scale=bqml_per_suv,
+        )
+    )
+    return out

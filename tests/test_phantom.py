@@ -1,0 +1,268 @@
+"""Tests of the synthetic cohort generator (calcirad.phantom) and the ``calcirad phantom`` command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import yaml
+
+from calcirad.cli import main
+from calcirad.phantom import load_priors, plan_cohort, write_cohort
+
+DCM2NIIX = shutil.which("dcm2niix") or str(Path(sys.executable).parent / "dcm2niix")
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> Path:
+    return write_cohort(n=3, seed=11, out=tmp_path_factory.mktemp("cohort"))
+
+
+def _series(cohort: Path, subject: str, prefix: str) -> list[pydicom.Dataset]:
+    folder = next((cohort / "dicom" / subject).glob(f"{prefix}_*"))
+    return [pydicom.dcmread(f) for f in sorted(folder.glob("*.dcm"))]
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_same_seed_gives_identical_bytes(tmp_path):
+    a = write_cohort(n=2, seed=3, out=tmp_path / "a")
+    b = write_cohort(n=2, seed=3, out=tmp_path / "b", jobs=2)
+    c = write_cohort(n=2, seed=4, out=tmp_path / "c")
+    assert _digest(a) == _digest(b)
+    assert _digest(a) != _digest(c)
+
+
+def test_layout_and_tables(cohort):
+    samples = pd.read_csv(cohort / "samples.tsv", sep="\t", dtype={"subject": str})
+    assert list(samples.columns) == [
+        "subject", "label", "site", "dicom", "age", "sex", "eskd", "phosphate_mg_dl",
+    ]  # fmt: skip
+    assert list(samples.subject) == ["S001", "S002", "S003"]
+    assert sorted(samples.label) == ["mimic", "sarcoma", "tc"]
+    truth = pd.read_csv(cohort / "truth" / "labels.tsv", sep="\t")
+    for column in ("subtype", "n_lesions", "lesion_volume_ml", "suvmax_true"):
+        assert column in truth.columns
+    for row in samples.itertuples():
+        study = cohort / row.dicom
+        assert sorted(p.name for p in study.iterdir()) == ["CT_2", "MR_T1_3", "MR_T2_4", "PET_5"]
+        assert (cohort / "truth" / row.subject / "lesion.nii.gz").exists()
+        assert (cohort / "truth" / row.subject / "bone.nii.gz").exists()
+
+
+@pytest.mark.parametrize("n", [3, 7, 36])
+def test_labels_balanced_and_sites_spread(n):
+    plans = plan_cohort(n=n, seed=1, priors=load_priors())
+    counts = pd.Series([p.label for p in plans]).value_counts()
+    assert counts.max() - counts.min() <= 1
+    assert [p.subject for p in plans] == [f"S{i:03d}" for i in range(1, n + 1)]
+    if n >= 36:
+        assert pd.crosstab([p.label for p in plans], [p.site for p in plans]).min().min() >= 3
+
+
+def test_study_shares_uids_and_identity_is_fake(cohort):
+    for subject in ("S001", "S002", "S003"):
+        series = [_series(cohort, subject, m)[0] for m in ("CT", "MR_T1", "MR_T2", "PET")]
+        assert len({ds.StudyInstanceUID for ds in series}) == 1
+        assert len({ds.FrameOfReferenceUID for ds in series}) == 1
+        assert len({ds.SeriesInstanceUID for ds in series}) == 4
+        ds = series[0]
+        assert ds.PatientID.isdigit() and len(ds.PatientID) == 7
+        for tag in ("PatientName", "PatientID", "AccessionNumber", "InstitutionName"):
+            assert subject not in str(ds.data_element(tag).value)
+        assert "^" in str(ds.PatientName) and ds.PatientBirthDate and ds.PatientSex in ("M", "F")
+
+
+def test_ct_and_mr_tags(cohort):
+    ct = _series(cohort, "S001", "CT")
+    assert ct[0].SOPClassUID == pydicom.uid.CTImageStorage
+    assert ct[0].file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert list(ct[0].ImageType) == ["ORIGINAL", "PRIMARY", "AXIAL"] and float(ct[0].KVP) == 120
+    assert ct[0].PixelRepresentation == 1 and float(ct[0].RescaleIntercept) == -1024
+    z = [float(ds.ImagePositionPatient[2]) for ds in ct]
+    assert np.allclose(np.diff(z), float(ct[0].SliceThickness))
+    hu = np.stack(
+        [ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in ct]
+    )
+    assert hu.min() >= -1024 and hu.max() > 1000  # air and cortex present
+    assert ct[0].Rows <= 192 and len(ct) <= 64
+    for prefix, tr, te in (("MR_T1", (400, 700), (8, 15)), ("MR_T2", (3000, 6000), (80, 110))):
+        mr = _series(cohort, "S001", prefix)
+        assert mr[0].SOPClassUID == pydicom.uid.MRImageStorage
+        assert tr[0] <= float(mr[0].RepetitionTime) <= tr[1]
+        assert te[0] <= float(mr[0].EchoTime) <= te[1]
+        assert mr[0].PixelRepresentation == 0 and mr[0].Rows <= 160 and len(mr) <= 40
+        assert float(mr[0].MagneticFieldStrength) in (1.5, 3.0)
+        assert mr[0].PixelSpacing != ct[0].PixelSpacing or len(mr) != len(ct)
+
+
+def _suv_volume(pet: list[pydicom.Dataset]) -> np.ndarray:
+    """SUVbw from the tags, the way a downstream reader computes it."""
+    first = pet[0]
+    drug = first.RadiopharmaceuticalInformationSequence[0]
+    injection = dt.datetime.strptime(drug.RadiopharmaceuticalStartDateTime[:14], "%Y%m%d%H%M%S")
+    start = dt.datetime.strptime(first.SeriesDate + first.SeriesTime[:6], "%Y%m%d%H%M%S")
+    decayed = float(drug.RadionuclideTotalDose) * 2 ** (
+        -(start - injection).total_seconds() / float(drug.RadionuclideHalfLife)
+    )
+    bqml = np.stack(
+        [ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for ds in pet]
+    )
+    return bqml * float(first.PatientWeight) * 1000.0 / decayed
+
+
+def _pet_lesion_mask(cohort: Path, subject: str, pet: list[pydicom.Dataset]) -> np.ndarray:
+    """Truth label map (CT grid) sampled at the PET voxel centres (nearest), LPS mm."""
+    truth = nib.load(cohort / "truth" / subject / "lesion.nii.gz")
+    labels = np.asarray(truth.dataobj)
+    ras_to_ijk = np.linalg.inv(truth.affine)
+    sx, sy = (float(v) for v in pet[0].PixelSpacing[::-1])
+    x0, y0, _ = (float(v) for v in pet[0].ImagePositionPatient)
+    mask = np.zeros((len(pet), pet[0].Rows, pet[0].Columns), bool)
+    jj, ii = np.indices(mask.shape[1:])
+    for k, ds in enumerate(pet):
+        z = float(ds.ImagePositionPatient[2])
+        lps = np.stack([x0 + ii * sx, y0 + jj * sy, np.full(ii.shape, z)])
+        ras = np.stack([-lps[0], -lps[1], lps[2], np.ones(ii.shape)]).reshape(4, -1)
+        ijk = np.rint(ras_to_ijk @ ras)[:3].astype(int)
+        ok = np.all((ijk >= 0) & (ijk < np.array(labels.shape)[:, None]), axis=0)
+        flat = np.zeros(ii.size, bool)
+        flat[ok] = labels[ijk[0, ok], ijk[1, ok], ijk[2, ok]] > 0
+        mask[k] = flat.reshape(ii.shape)
+    return mask
+
+
+def test_pet_tags_and_suv(cohort):
+    truth = pd.read_csv(cohort / "truth" / "labels.tsv", sep="\t", index_col="subject")
+    for subject in ("S001", "S002", "S003"):
+        pet = _series(cohort, subject, "PET")
+        ds = pet[0]
+        assert ds.SOPClassUID == pydicom.uid.PositronEmissionTomographyImageStorage
+        assert ds.Units == "BQML" and ds.DecayCorrection == "START"
+        assert {"DECY", "ATTN"} <= set(ds.CorrectedImage)
+        drug = ds.RadiopharmaceuticalInformationSequence[0]
+        assert drug.Radiopharmaceutical == "Fludeoxyglucose"
+        assert float(drug.RadionuclideHalfLife) == pytest.approx(6586.2)
+        assert 250e6 <= float(drug.RadionuclideTotalDose) <= 400e6
+        assert float(ds.PixelSpacing[0]) == pytest.approx(4.0)
+        assert len({float(d.RescaleSlope) for d in pet}) > 1  # per-slice scaling
+        suv = _suv_volume(pet)
+        lesion = _pet_lesion_mask(cohort, subject, pet)
+        from scipy import ndimage
+
+        near = ndimage.binary_dilation(lesion, iterations=1)
+        expected = truth.loc[subject, "suvmax_true"]
+        # counting noise pushes the observed maximum up a little; a wrong dose/decay/weight
+        # factor would be off by far more
+        assert suv[near].max() == pytest.approx(expected, rel=0.35)
+        assert 0.2 < np.median(suv[suv > 0.3]) < 3.0  # background tissue SUV
+
+
+@pytest.mark.skipif(not Path(DCM2NIIX).exists(), reason="dcm2niix not installed")
+def test_dcm2niix_geometry_matches_truth(cohort, tmp_path):
+    for prefix in ("CT", "MR_T1", "MR_T2", "PET"):
+        folder = next((cohort / "dicom" / "S002").glob(f"{prefix}_*"))
+        out = tmp_path / prefix
+        out.mkdir()
+        run = subprocess.run(
+            [DCM2NIIX, "-z", "y", "-b", "y", "-ba", "y", "-f", "out", "-o", str(out), str(folder)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "warning" not in (run.stdout + run.stderr).lower(), run.stdout
+    ct = nib.as_closest_canonical(nib.load(tmp_path / "CT" / "out.nii.gz"))
+    for name in ("lesion", "bone"):
+        truth = nib.as_closest_canonical(nib.load(cohort / "truth" / "S002" / f"{name}.nii.gz"))
+        assert truth.shape == ct.shape[:3]
+        assert np.abs(truth.affine - ct.affine).max() < 0.01
+
+
+def _ct_hu(cohort: Path, subject: str) -> np.ndarray:
+    return np.stack(
+        [
+            d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept)
+            for d in _series(cohort, subject, "CT")
+        ]
+    )
+
+
+def _truth_zyx(cohort: Path, subject: str, name: str = "lesion") -> np.ndarray:
+    """Truth map as (z, y, x) like the DICOM stack (SimpleITK wrote it unflipped: i=x, j=y, k=z)."""
+    return np.asarray(nib.load(cohort / "truth" / subject / f"{name}.nii.gz").dataobj).transpose(
+        2, 1, 0
+    )
+
+
+def test_entity_densities(tmp_path):
+    out = write_cohort(n=2, seed=5, out=tmp_path, subtypes=["gout_tophus", "tc_inactive"])
+    truth = pd.read_csv(out / "truth" / "labels.tsv", sep="\t", index_col="subject")
+    for subject, row in truth.iterrows():
+        hu, lesion = _ct_hu(out, subject), _truth_zyx(out, subject) > 0
+        bone = _truth_zyx(out, subject, "bone") > 0
+        assert lesion.any() and not (lesion & bone).any()
+        assert hu[bone].mean() > 200
+        if row.subtype == "gout_tophus":  # ~160 HU tophi, blurred towards the surroundings
+            assert 60 < np.median(hu[lesion]) < 300
+        else:  # dense inactive TC lobules
+            assert np.percentile(hu[lesion], 90) > 400
+
+
+def test_sediment_lies_posterior_with_flat_level(tmp_path):
+    priors = load_priors()
+    active = priors["entities"]["tc_uremic_active"]
+    active.update(p_lesion_ffl=1.0, frac_lobules_ffl=1.0, p_calc_lobule=0.0, sediment_fill=0.5)
+    path = tmp_path / "priors.yaml"
+    path.write_text(yaml.safe_dump(priors))
+    out = write_cohort(
+        n=1, seed=2, out=tmp_path / "c", subtypes=["tc_uremic_active"], priors_path=path
+    )
+    lesions = json.loads((out / "truth" / "S001" / "lesions.json").read_text())["lesions"]
+    lobule = max((lob for les in lesions for lob in les["lobules"]), key=lambda lob: lob["r_mm"])
+    assert lobule["kind"] == "ffl"
+    ct = _series(out, "S001", "CT")
+    hu = _ct_hu(out, "S001")
+    x0, y0, _ = (float(v) for v in ct[0].ImagePositionPatient)
+    sy, sx = (float(v) for v in ct[0].PixelSpacing)
+    z = np.array([float(d.ImagePositionPatient[2]) for d in ct])
+    cx, cy, cz = lobule["centre_mm"]
+    k = int(np.argmin(np.abs(z - cz)))
+    y = y0 + sy * np.arange(hu.shape[1])
+    x = x0 + sx * np.arange(hu.shape[2])
+    inner = 0.6 * lobule["r_mm"]
+    near_x = np.abs(x - cx) < inner
+    level = lobule["level_y_mm"]
+    posterior = (y > level + 3) & (y < cy + inner)
+    anterior = (y < level - 3) & (y > cy - inner)
+    assert posterior.any() and anterior.any()
+    post = hu[k][np.ix_(posterior, near_x)].mean()
+    ant = hu[k][np.ix_(anterior, near_x)].mean()
+    assert post > ant + 100  # dense calcium sediment on the dependent (posterior, +y) side
+    rows = hu[k][np.ix_(posterior, near_x)].mean(axis=0)
+    assert rows.std() < 0.35 * rows.mean()  # flat, horizontal level: same density across x
+
+
+def test_cli_phantom(tmp_path):
+    code = main(
+        ["phantom", "--n", "1", "--seed", "9", "--out", str(tmp_path), "--subtypes", "esos"]
+    )
+    assert code == 0
+    samples = pd.read_csv(tmp_path / "samples.tsv", sep="\t")
+    assert list(samples.label) == ["sarcoma"] and samples.dicom[0] == "dicom/S001"
+    assert main(["phantom", "--n", "1", "--out", str(tmp_path), "--subtypes", "nope"]) == 2
