@@ -8,13 +8,23 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The shipped defaults, found beside this Snakefile whatever the run directory; a user's
+# --configfile is merged over them.
+configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+wildcard_constraints:
+    subject="[A-Za-z0-9][A-Za-z0-9_.-]*",
+    modality="|".join(MODALITIES),
+    task="|".join(TASKS),
+    feature_set="[a-z0-9+]+",
+    model="[a-z0-9_]+",
+
+
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/segment.smk"

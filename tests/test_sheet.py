@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from calcirad.errors import ConfigError
-from calcirad.sheet import load_samples
+from calcirad.sheet import load_samples, read_sheet
 
 HEADER = "subject\tlabel\tsite\tdicom\tage\n"
 
@@ -57,3 +57,24 @@ def test_missing_required_column(tmp_path):
     path.write_text("subject\tlabel\nS01\ttc\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="lacks required column"):
         load_samples(path)
+
+
+def test_hash_inside_a_folder_name_is_not_a_comment(tmp_path):
+    (tmp_path / "case#3").mkdir()
+    path = tmp_path / "samples.tsv"
+    path.write_text(HEADER + "# a comment line\nS01\ttc\tA\tcase#3\t40\n", encoding="utf-8")
+    assert load_samples(path).loc["S01", "dicom"].endswith("case#3")
+
+
+def test_the_example_sheet_satisfies_the_schema(repo):
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load((repo / "workflow/schemas/samples.schema.yaml").read_text())
+    sheet = read_sheet(repo / "config/samples.tsv")
+    assert len(sheet) == 3
+    for record in sheet.to_dict(orient="records"):
+        jsonschema.validate(record, schema)
+    bad = {**sheet.to_dict(orient="records")[0], "label": "osteoma"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)

@@ -9,6 +9,7 @@ and its data can be moved together.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +26,10 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sample sheet {path} does not exist (config key `samples`)")
-    sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#", keep_default_na=False)
+    # Only whole lines starting with '#' are comments: a '#' inside a folder name is data.
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    text = "".join(line for line in lines if not line.startswith("#"))
+    sheet = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
     sheet = sheet.apply(lambda column: column.str.strip())
     sheet = sheet.replace({"": None, "NA": None, "nan": None})
     missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]

@@ -1,5 +1,5 @@
-# Shared by every rule file: config and sample-sheet validation (before any job starts), subject
-# lists, input functions, and the per-stage code versions that make code changes rerun their stage.
+# Shared by all rule files (config and sample-sheet validation (before any job starts), subject
+# lists, input functions, and the per-stage code versions that make code changes rerun their stage).
 
 from pathlib import Path
 
@@ -48,14 +48,6 @@ if missing_radiomics:
     raise ConfigError(
         f"config key `radiomics` has no parameter file for {', '.join(missing_radiomics)}"
     )
-
-
-wildcard_constraints:
-    subject="[A-Za-z0-9][A-Za-z0-9_.-]*",
-    modality="|".join(MODALITIES),
-    task="|".join(TASKS),
-    feature_set="[a-z0-9+]+",
-    model="[a-z0-9_]+",
 
 
 # Code versions: a change to a stage's package code reruns that stage (and, through its

@@ -24,10 +24,14 @@ STATUS_ABSENT = "absent"
 @contextlib.contextmanager
 def job_log(path: str | Path | None) -> Iterator[logging.Logger]:
     """Send the calcirad logger (and Python warnings) to ``path`` for the duration of a job."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    # The log file only: Snakemake prints failed jobs' logs (show-failed-logs in the profiles),
+    # and a quiet console keeps the cohort's progress readable.
+    handlers: list[logging.Handler] = []
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(path, mode="w", encoding="utf-8"))
+    else:
+        handlers.append(logging.StreamHandler(sys.stderr))
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     for handler in handlers:
         handler.setFormatter(formatter)
