@@ -17,6 +17,8 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
 wildcard_constraints:
     subject="[A-Za-z0-9][A-Za-z0-9_.-]*",
     modality="|".join(MODALITIES),
