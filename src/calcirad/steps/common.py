@@ -20,6 +20,7 @@ log = logging.getLogger("calcirad")
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_ABSENT = "absent"
+STATUS_EXCLUDED = "excluded"
 
 @contextlib.contextmanager
 def job_log(path: str | Path | None) -> Iterator[logging.Logger]:

@@ -11,6 +11,7 @@ from calcirad.errors import SubjectInputError
 from calcirad.features import extract_features, feature_provenance
 from calcirad.steps.common import (
     STATUS_ABSENT,
+    STATUS_EXCLUDED,
     STATUS_FAILED,
     STATUS_OK,
     failure,
@@ -35,23 +36,20 @@ def run_features(
     """Extract one subject's features on one modality; write a status record with them.
 
     status is ``absent`` when the subject has no such series (normal: gadolinium withheld, no PET),
-    ``failed`` when the series exists but no usable mask does (reason recorded), ``ok`` otherwise.
+    ``excluded`` when an earlier stage failed for it (recorded there), ``failed`` when extraction
+    itself refused the image or mask (reason recorded), ``ok`` otherwise.
     """
     image = Path(nifti_dir) / f"{modality}.nii.gz"
     mask = Path(masks_dir) / f"{modality}.nii.gz"
     record: dict = {"subject": subject, "modality": modality, "stage": "features", "failures": []}
     if not image.exists():
         record["status"] = STATUS_ABSENT
+    elif not mask.exists():
+        # Segmentation failed and recorded why; counting the subject again here would
+        # report one problem as two.
+        record.update(status=STATUS_EXCLUDED, reason="no lesion mask (segmentation failed)")
     else:
         try:
-            if not mask.exists():
-                raise SubjectInputError(
-                    "no lesion mask for this modality (segmentation failed)",
-                    subject=subject,
-                    stage="features",
-                    series=modality,
-                    hint="see results/tables/failures.csv for the segmentation error",
-                )
             features = extract_features(
                 image_path=image, mask_path=mask, params_file=Path(params_file), modality=modality
             )
