@@ -19,5 +19,7 @@ def repo() -> Path:
 def shared_data() -> Path:
     """The read-only third-party DICOM beside the project; tests skip with the reason if absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"third-party test data not found at {SHARED_DATA} (read-only, beside the repo)")
+        pytest.skip(
+            f"third-party test data not found at {SHARED_DATA} (read-only, beside the repo)"
+        )
     return SHARED_DATA

@@ -22,6 +22,7 @@ STATUS_FAILED = "failed"
 STATUS_ABSENT = "absent"
 STATUS_EXCLUDED = "excluded"
 
+
 @contextlib.contextmanager
 def job_log(path: str | Path | None) -> Iterator[logging.Logger]:
     """Send the calcirad logger (and Python warnings) to ``path`` for the duration of a job."""

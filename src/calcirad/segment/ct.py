@@ -1,0 +1,406 @@
+"""Automatic CT segmentation of calcific soft-tissue masses, with normal bone excluded.
+
+Methods live in a registry (name -> callable) so a learned model can be added later without touching
+the pipeline: a method takes the CT (HU, any orientation) and a parameter mapping and returns an
+integer label image on the CT grid (0 = background). ``segment_ct`` then renumbers lesions 1..k by
+decreasing volume and refuses an empty result.
+
+The default ``threshold_components`` method (CPU, a few seconds per subject):
+
+1. ``calcified`` = CT >= ``threshold_hu`` (optionally after a light Gaussian smoothing).
+2. Bone is recognised by its architecture, not its density, because calcifications reach cortical
+   values (up to ~1600 HU). Dense voxels (>= ``cortex_hu``, above any marrow) are split by a
+   morphological opening with a ball of diameter ``max_cortex_mm``: cortex is a thin shell and
+   vanishes, the bulk of a calcific mass survives (*thick* = lesion material). The thin remainder is
+   cortex only where it belongs to the skeleton: a connected shell that leaves the field of view or
+   spans at least ``min_skeleton_mm`` (femora, pelvis), or a long isolated shell around
+   marrow-density content (a bone cut off by a mass). Thin shells of lesions (myositis rim,
+   chondromatosis rings, sediment caps) are small, or enclose soft tissue, so they stay lesion.
+3. Bone = skeletal shell + the marrow it encloses (closing by ``marrow_closing_mm`` for flat bones
+   whose marrow is a few mm thick; axial 2D + 3D hole filling for tubes and closed shells; enclosed
+   regions deeper in-plane than ``max_marrow_radius_mm`` are body cavities, e.g. the pelvic inlet
+   inside the bony ring, and are rejected) + marrow-density voxels connected to that marrow where
+   a mass has replaced the cortex + the partial-volume rim within ``bone_margin_mm``.
+   Thick lesion material is never bone, so a mass sitting on the cortex keeps its base.
+4. Lesions = calcified voxels not in bone; thin rinds left on the bone surface are dropped; fluid
+   lobules (0-30 HU) reached from the calcification across a few thin septa join (tumoral
+   calcinosis is largely cystic); a closing and hole filling return septa, sediment and soft cores
+   enclosed by calcification to the mass; components smaller than ``min_volume_ml`` are noise or
+   phleboliths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from calcirad.errors import ConfigError, SubjectInputError
+from calcirad.segment._grid import (
+    array_spacing,
+    ball,
+    closing,
+    extent_mm,
+    fill_holes,
+    opening,
+    relabel_by_size,
+    slice_axis,
+    to_image,
+    touches_border,
+    voxel_volume_ml,
+)
+
+DEFAULT_CALCIFICATION_HU = 150.0
+"""Calcification threshold (HU). Above muscle + 5 noise SD (~50 + 5 x 20), below gout tophi and
+sediment layers (120-800 HU), so dense and faint calcific matrix both seed the lesion."""
+
+SegmentationMethod = Callable[[sitk.Image, Mapping[str, Any]], sitk.Image]
+SEGMENTATION_METHODS: dict[str, SegmentationMethod] = {}
+
+
+def register_method(name: str) -> Callable[[SegmentationMethod], SegmentationMethod]:
+    """Decorator adding a CT segmentation method to :data:`SEGMENTATION_METHODS` under ``name``."""
+
+    def decorate(function: SegmentationMethod) -> SegmentationMethod:
+        SEGMENTATION_METHODS[name] = function
+        return function
+
+    return decorate
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdParams:
+    """Parameters of ``threshold_components`` (HU, mm, ml)."""
+
+    threshold_hu: float = DEFAULT_CALCIFICATION_HU
+    smoothing_mm: float = 0.0  # Gaussian sigma before thresholding; 0 keeps thin rims sharp
+    cortex_hu: float = 450.0  # above marrow (<= 300 HU + noise), below partial-volumed cortex
+    max_cortex_mm: float = 9.0  # thicker dense structures are lesion material, not cortex
+    grain_closing_mm: float = 0.0  # >0: close speckled calcification first (thickens flat bone)
+    min_skeleton_mm: float = 150.0  # shells this long are skeleton even inside the field of view
+    min_isolated_bone_mm: float = 40.0  # shorter isolated shells are never bone
+    marrow_min_hu: float = 90.0  # median HU inside an isolated bone (marrow 100-300; MO core < 50)
+    marrow_closing_mm: float = 3.0  # seals the few-mm marrow of flat bones (acetabulum, pelvis)
+    max_marrow_radius_mm: float = 30.0  # deeper enclosed regions are body cavities, not marrow
+    bone_margin_mm: float = 2.5  # partial-volume rim of the cortex (about one voxel)
+    rind_depth_mm: float = 3.5  # touching bone and at most ~1 voxel deep (3 mm slices): bone rind
+    fluid_reach_mm: float = 25.0  # fluid lobules within this of calcification join (0: off)
+    fluid_min_hu: float = -30.0  # fluid range after a 3x3x3 median (fat is ~-100)
+    fluid_max_hu: float = 30.0  # muscle is 40-60 HU
+    fluid_max_radius_mm: float = 25.0  # deeper fluid is bladder / effusion, not a lobule
+    septum_mm: float = 3.5  # soft-tissue wall a hop may cross between lobules
+    fluid_hops: float = 3.0  # lobule walls crossed from the calcification at most
+    closing_mm: float = 3.0  # merges lobules and seals capsules before hole filling
+    min_volume_ml: float = 0.1  # smaller components are noise, phleboliths
+
+    @classmethod
+    def from_mapping(cls, params: Mapping[str, Any] | None) -> ThresholdParams:
+        """Build from a config mapping; unknown keys are a configuration error (typos)."""
+        params = dict(params or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown threshold_components parameter(s) {unknown}; known: {sorted(known)}"
+            )
+        return cls(**{k: float(v) for k, v in params.items()})
+
+
+def segment_ct(
+    ct: sitk.Image,
+    *,
+    method: str = "threshold_components",
+    params: Mapping[str, Any] | None = None,
+) -> sitk.Image:
+    """Segment calcific lesions on a CT in HU; return a uint8 label map on the CT grid.
+
+    Labels are 1..k by decreasing volume (0 = background). ``method`` names an entry of
+    :data:`SEGMENTATION_METHODS`; ``params`` are passed to it. Raises ``SubjectInputError`` when no
+    lesion is found and ``ConfigError`` for an unknown method.
+    """
+    if method not in SEGMENTATION_METHODS:
+        raise ConfigError(
+            f"unknown segmentation method {method!r}; available: {sorted(SEGMENTATION_METHODS)}"
+        )
+    raw = SEGMENTATION_METHODS[method](ct, params or {})
+    labels = relabel_by_size(sitk.GetArrayFromImage(raw).astype(np.int64))
+    if not labels.any():
+        threshold = (params or {}).get("threshold_hu", DEFAULT_CALCIFICATION_HU)
+        raise SubjectInputError(
+            f"no lesion above threshold ({threshold} HU) outside normal bone",
+            stage="segment",
+            hint="check the CT is in HU, lower threshold_hu, or supply a mask file",
+        )
+    return to_image(labels, ct)
+
+
+@register_method("threshold_components")
+def threshold_components(ct: sitk.Image, params: Mapping[str, Any]) -> sitk.Image:
+    """Calcification threshold + anatomical bone exclusion (see module docstring)."""
+    p = ThresholdParams.from_mapping(params)
+    hu = hu_raw = sitk.GetArrayFromImage(ct).astype(np.float32)
+    spacing = array_spacing(ct)
+    axis = slice_axis(ct)
+    bone = find_bone(hu, spacing=spacing, axis=axis, params=p)
+    if p.smoothing_mm > 0:
+        hu = ndimage.gaussian_filter(hu, [p.smoothing_mm / s for s in spacing])
+    calcified = hu >= p.threshold_hu
+    candidates = _drop_bone_rinds(calcified & ~bone, bone=bone, spacing=spacing, params=p)
+    if p.fluid_reach_mm > 0:
+        fluid = _fluid(hu_raw, bone=bone, spacing=spacing, axis=axis, params=p)
+        candidates |= _fluid_lobules(candidates, fluid, spacing=spacing, params=p)
+    lesions = _lesion_mask(candidates, bone=bone, spacing=spacing, axis=axis, params=p)
+    labels, _ = ndimage.label(lesions, structure=np.ones((3, 3, 3), bool))
+    labels = _drop_small(labels, min_voxels=p.min_volume_ml / voxel_volume_ml(ct))
+    return to_image(relabel_by_size(labels), ct)
+
+
+def find_bone(
+    hu: np.ndarray,
+    *,
+    spacing: tuple[float, float, float],
+    axis: int,
+    params: ThresholdParams | None = None,
+) -> np.ndarray:
+    """Boolean mask of normal bone (cortex, marrow, partial-volume rim) on a CT array in HU.
+
+    ``hu`` is numpy (k, j, i) with ``spacing`` (mm) in that order; ``axis`` is the numpy axis
+    closest to the patient's z (see ``slice_axis``). See the module docstring for the method.
+    """
+    p = params or ThresholdParams()
+    dense = hu >= p.cortex_hu
+    # Optionally close the gaps of speckled calcification, which the opening would otherwise
+    # dissolve like thin cortex. Off by default: it also fuses the two cortices of flat bones.
+    grains = closing(dense, p.grain_closing_mm, spacing) if p.grain_closing_mm > 0 else dense
+    thick = opening(grains, p.max_cortex_mm / 2.0, spacing) & (hu >= p.threshold_hu)
+    shell = _skeletal_shell(dense & ~thick, hu, spacing=spacing, axis=axis, params=p)
+    if not shell.any():
+        return shell
+    marrow = _enclosed_marrow(shell, thick, spacing=spacing, axis=axis, params=p) & ~thick
+    marrow |= _exposed_marrow(hu, marrow, thick=thick, spacing=spacing, params=p)
+    core = shell | marrow
+    if marrow.any():
+        core |= _cortex_under_lesions(dense & thick, marrow, shell=shell, spacing=spacing, params=p)
+    rim = ndimage.binary_dilation(core, structure=ball(p.bone_margin_mm, spacing))
+    return core | (rim & (hu >= p.threshold_hu) & ~thick)
+
+
+def _skeletal_shell(
+    shell: np.ndarray,
+    hu: np.ndarray,
+    *,
+    spacing: tuple[float, float, float],
+    axis: int,
+    params: ThresholdParams,
+) -> np.ndarray:
+    """Thin dense components that are skeleton.
+
+    Skeleton leaves the field of view or is very long (``min_skeleton_mm``). A bone cut off from
+    the rest by a mass that replaced part of it (an isolated ischium) still counts when it is at
+    least ``min_isolated_bone_mm`` long and encloses marrow-density content (median >=
+    ``marrow_min_hu``), which tells it from the soft or fatty core of myositis ossificans.
+    """
+    labels, count = ndimage.label(shell, structure=np.ones((3, 3, 3), bool))
+    keep = np.zeros(count + 1, bool)
+    for n, bbox in enumerate(ndimage.find_objects(labels), start=1):
+        length = extent_mm(bbox, spacing)
+        if touches_border(bbox, shell.shape) or length >= params.min_skeleton_mm:
+            keep[n] = True
+        elif length >= params.min_isolated_bone_mm:
+            keep[n] = _encloses_marrow(
+                labels[bbox] == n, hu[bbox], spacing=spacing, axis=axis, params=params
+            )
+    return keep[labels]
+
+
+def _encloses_marrow(
+    component: np.ndarray,
+    hu: np.ndarray,
+    *,
+    spacing: tuple[float, float, float],
+    axis: int,
+    params: ThresholdParams,
+) -> bool:
+    closed = closing(component, params.marrow_closing_mm, spacing)
+    inside = fill_holes(closed, axis) & ~component
+    return bool(inside.any()) and float(np.median(hu[inside])) >= params.marrow_min_hu
+
+
+def _enclosed_marrow(
+    shell: np.ndarray,
+    thick: np.ndarray,
+    *,
+    spacing: tuple[float, float, float],
+    axis: int,
+    params: ThresholdParams,
+) -> np.ndarray:
+    """Regions enclosed by the skeletal shell that are shallow enough to be marrow.
+
+    Lesion material counts as wall too: where a mass sits on the cortex the opening gives the
+    cortex under it to the mass, and the marrow must still be enclosed. A region is marrow only if
+    the skeletal shell makes most of its wall (a fluid lobule is walled by the lesion itself).
+    """
+    closed = closing(shell, params.marrow_closing_mm, spacing)
+    wall = closed | thick
+    holes = fill_holes(wall, axis) & ~wall
+    labels, count = ndimage.label(holes)
+    if count == 0:
+        return closed & ~shell
+    # In-plane depth (huge spacing along the slice axis makes the EDT two-dimensional): the pelvic
+    # inlet is enclosed only within axial slices and may be short in z.
+    sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
+    depth = ndimage.distance_transform_edt(holes, sampling=sampling)
+    index = np.arange(1, count + 1)
+    shallow = np.asarray(ndimage.maximum(depth, labels, index=index)) <= params.max_marrow_radius_mm
+    # Wall voxels facing each hole (a wall voxel takes the label of a neighbouring hole).
+    facing = np.where(wall, ndimage.grey_dilation(labels, size=(3, 3, 3)), 0)
+    bony = ndimage.sum_labels(closed & ~thick, facing, index=index)
+    walls = ndimage.sum_labels(wall, facing, index=index)
+    mostly_bone = bony >= 0.5 * np.maximum(walls, 1)
+    keep = np.concatenate([[False], shallow & mostly_bone])
+    return (closed & ~shell) | keep[labels]
+
+
+def _cortex_under_lesions(
+    dense_thick: np.ndarray,
+    marrow: np.ndarray,
+    *,
+    shell: np.ndarray,
+    spacing: tuple[float, float, float],
+    params: ThresholdParams,
+) -> np.ndarray:
+    """Cortex that the opening gave to a mass sitting on it, taken back as bone.
+
+    Each bone's cortical thickness is the median distance from its marrow of its outer shell
+    voxels (shell voxels not next to marrow); dense voxels of the mass closer to that marrow than
+    this thickness (+ ``bone_margin_mm``) are cortex.
+    """
+    labels, count = ndimage.label(marrow, structure=np.ones((3, 3, 3), bool))
+    distance, nearest = ndimage.distance_transform_edt(
+        ~marrow, sampling=spacing, return_indices=True
+    )
+    owner = labels[tuple(nearest)]  # the bone whose marrow is closest to each voxel
+    outer = shell & ~ndimage.binary_dilation(marrow) & (distance <= params.max_cortex_mm)
+    thickness = ndimage.median(distance, np.where(outer, owner, 0), index=np.arange(1, count + 1))
+    limit = np.concatenate([[0.0], np.nan_to_num(np.asarray(thickness, float), nan=0.0)])
+    limit = np.minimum(limit, params.max_cortex_mm) + params.bone_margin_mm
+    return dense_thick & (distance <= limit[owner])
+
+
+def _exposed_marrow(
+    hu: np.ndarray,
+    marrow: np.ndarray,
+    *,
+    thick: np.ndarray,
+    spacing: tuple[float, float, float],
+    params: ThresholdParams,
+) -> np.ndarray:
+    """Marrow-density voxels connected to enclosed marrow where the cortex is missing.
+
+    A mass can erode or replace the cortex, leaving marrow (above ``threshold_hu`` but below
+    ``cortex_hu``) open to it; without this step that marrow would join the lesion. The growth is
+    geodesic through marrow-density voxels only, up to ``max_marrow_radius_mm``.
+    """
+    medium = (hu >= params.threshold_hu) & (hu < params.cortex_hu) & ~thick
+    steps = int(np.ceil(params.max_marrow_radius_mm / min(spacing)))
+    return ndimage.binary_dilation(marrow, iterations=steps, mask=medium | marrow) & ~marrow
+
+
+def _fluid(
+    hu: np.ndarray,
+    *,
+    bone: np.ndarray,
+    spacing: tuple[float, float, float],
+    axis: int,
+    params: ThresholdParams,
+) -> np.ndarray:
+    """Fluid-density regions (median-filtered HU in the fluid range) that could be lesion lobules.
+
+    The 3x3x3 median brings noise below the 10-40 HU gap between fluid and muscle; an opening
+    removes the one-voxel bands where fat and muscle average to fluid values; regions deeper in-plane
+    than ``fluid_max_radius_mm`` are the bladder or large effusions, not lobules.
+    """
+    smooth = ndimage.median_filter(hu, size=3)
+    fluid = (smooth >= params.fluid_min_hu) & (smooth <= params.fluid_max_hu) & ~bone
+    fluid = opening(fluid, min(spacing) * 1.01, spacing)
+    labels, count = ndimage.label(fluid)
+    if count == 0:
+        return fluid
+    sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
+    depth = ndimage.distance_transform_edt(fluid, sampling=sampling)
+    max_depth = ndimage.maximum(depth, labels, index=np.arange(1, count + 1))
+    keep = np.concatenate([[False], np.asarray(max_depth) <= params.fluid_max_radius_mm])
+    return keep[labels]
+
+
+def _fluid_lobules(
+    calcified: np.ndarray,
+    fluid: np.ndarray,
+    *,
+    spacing: tuple[float, float, float],
+    params: ThresholdParams,
+) -> np.ndarray:
+    """Fluid reached from the calcification across lobule walls (``septum_mm``), within reach.
+
+    Tumoral calcinosis is a cluster of lobules, many of them fluid (0-30 HU) or fluid over a
+    calcium sediment, separated by thin soft-tissue septa. Each hop crosses one septum and floods
+    the fluid lobule behind it; ``fluid_hops`` hops at most, never beyond ``fluid_reach_mm`` of
+    the calcification.
+    """
+    if not calcified.any():
+        return calcified
+    distance = ndimage.distance_transform_edt(~calcified, sampling=spacing)
+    allowed = fluid & (distance <= params.fluid_reach_mm)
+    septum = ball(params.septum_mm, spacing)
+    reached = calcified
+    for _ in range(int(params.fluid_hops)):
+        front = ndimage.binary_dilation(reached, structure=septum) & allowed & ~reached
+        if not front.any():
+            break
+        reached = reached | ndimage.binary_propagation(front, mask=allowed)
+    return reached & ~calcified
+
+
+def _lesion_mask(
+    candidates: np.ndarray,
+    *,
+    bone: np.ndarray,
+    spacing: tuple[float, float, float],
+    axis: int,
+    params: ThresholdParams,
+) -> np.ndarray:
+    """Lesion voxels -> whole lesions: closing merges lobules across septa, holes are filled."""
+    closed = closing(candidates, params.closing_mm, spacing) & ~bone
+    return fill_holes(closed, axis) & ~bone
+
+
+def _drop_bone_rinds(
+    candidates: np.ndarray,
+    *,
+    bone: np.ndarray,
+    spacing: tuple[float, float, float],
+    params: ThresholdParams,
+) -> np.ndarray:
+    """Remove thin components stuck to bone: residual cortex where it is locally thicker."""
+    labels, count = ndimage.label(candidates, structure=np.ones((3, 3, 3), bool))
+    if count == 0 or not bone.any():
+        return candidates
+    depth = ndimage.distance_transform_edt(candidates, sampling=spacing)
+    max_depth = ndimage.maximum(depth, labels, index=np.arange(1, count + 1))
+    touching = np.zeros(count + 1, bool)
+    touching[np.unique(labels[ndimage.binary_dilation(bone) & candidates])] = True
+    rind = touching[1:] & (max_depth < params.rind_depth_mm)
+    drop = np.concatenate([[False], rind])
+    return candidates & ~drop[labels]
+
+
+def _drop_small(labels: np.ndarray, *, min_voxels: float) -> np.ndarray:
+    """Zero the labels with fewer than ``min_voxels`` voxels."""
+    counts = np.bincount(labels.ravel())
+    small = counts < min_voxels
+    small[0] = True
+    return np.where(small[labels], 0, labels)
