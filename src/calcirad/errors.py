@@ -32,6 +32,10 @@ class SubjectInputError(CalciradError):
         self.hint = hint
         super().__init__(self._message())
 
+    def __str__(self) -> str:
+        # Built on demand: a caller may fill in the subject or stage after the error was raised.
+        return self._message()
+
     def _message(self) -> str:
         where = [
             f"{name} {value}"

@@ -89,6 +89,16 @@ def truth_mask(wildcards):
     return [str(path)] if path.exists() else []
 
 
+def user_masks(wildcards):
+    """Masks given in the sheet (mask_<modality> columns), as named inputs mask_<modality>."""
+    row = samples.loc[wildcards.subject]
+    return {
+        column: row[column]
+        for column in samples.columns
+        if column.startswith("mask_") and row[column]
+    }
+
+
 def radiomics_params(wildcards):
     return config["radiomics"][wildcards.modality]
 

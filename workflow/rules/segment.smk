@@ -3,6 +3,7 @@
 
 rule segment:
     input:
+        unpack(user_masks),
         nifti="results/nifti/{subject}",
         truth=truth_mask,
     output:

@@ -10,4 +10,9 @@ with job_log(snakemake.log[0]):
         out_dir=snakemake.output[0],
         segmentation=dict(snakemake.params.segmentation),
         truth=snakemake.input.truth[0] if snakemake.input.truth else None,
+        user_masks={
+            name.removeprefix("mask_"): path
+            for name, path in snakemake.input.items()
+            if name.startswith("mask_")
+        },
     )

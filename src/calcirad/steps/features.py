@@ -19,6 +19,7 @@ from calcirad.steps.common import (
     read_json,
     write_json,
 )
+from calcirad.steps.segment import MUSCLE_PREFIX
 
 # How per-modality tables are named in the wide table: t1 features become t1_<name>, and so on.
 PREFIX_SEPARATOR = "_"
@@ -50,8 +51,13 @@ def run_features(
         record.update(status=STATUS_EXCLUDED, reason="no lesion mask (segmentation failed)")
     else:
         try:
+            muscle = Path(masks_dir) / f"{MUSCLE_PREFIX}{modality}.nii.gz"
             features = extract_features(
-                image_path=image, mask_path=mask, params_file=Path(params_file), modality=modality
+                image_path=image,
+                mask_path=mask,
+                params_file=Path(params_file),
+                modality=modality,
+                muscle_mask_path=muscle if muscle.exists() else None,
             )
             record.update(status=STATUS_OK, features=features)
         except SubjectInputError as error:
