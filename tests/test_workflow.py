@@ -84,7 +84,7 @@ def _dicom_series(study: Path) -> dict[str, list[pydicom.Dataset]]:
     by_modality: dict[str, list[pydicom.Dataset]] = {}
     for path in sorted(study.rglob("*.dcm")):
         ds = pydicom.dcmread(path)
-        key = ds.Modality.lower()
+        key = {"CT": "ct", "PT": "pet", "MR": "mr"}[ds.Modality]
         if key == "mr":
             key = "t1" if float(ds.EchoTime) < 40 else "t2"
         by_modality.setdefault(key, []).append(ds)
@@ -207,3 +207,42 @@ def test_inventory_failures_cohort_and_report(run):
 def test_second_run_has_nothing_to_do(run):
     assert run["again"].returncode == 0
     assert "Nothing to be done" in run["again"].stdout + run["again"].stderr
+
+
+IDENTIFYING_TAGS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "InstitutionName",
+    "ReferringPhysicianName",
+)
+
+
+def _identifiers(cohort: Path) -> set[str]:
+    values: set[str] = set()
+    for path in sorted(cohort.rglob("IM0001.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for tag in IDENTIFYING_TAGS:
+            value = str(ds.get(tag, "") or "")
+            values.add(value)
+            values.update(part for part in value.split("^") if len(part) >= 4)
+    return {v for v in values if len(v) >= 4}
+
+
+def test_no_patient_identifier_reaches_results_or_logs(run):
+    import gzip
+
+    identifiers = _identifiers(run["cohort"])
+    assert len(identifiers) > 3 * N_SUBJECTS  # the phantom does write identifying-looking values
+    leaks = []
+    for folder in ("results", "logs"):
+        for path in sorted((run["run_dir"] / folder).rglob("*")):
+            if not path.is_file():
+                continue
+            data = path.read_bytes()
+            if path.suffix == ".gz":
+                data += gzip.decompress(data)
+            text = data.decode("latin-1")
+            leaks += [(str(path), v) for v in identifiers if v in text]
+    assert not leaks, leaks[:10]
