@@ -67,6 +67,16 @@ CODE = {
 }
 
 
+# The IBSI check runs only where its data is (rule ibsi_compliance is defined regardless).
+IBSI_DIR = Path(config["ibsi"] or "ibsi-not-configured")
+IBSI_VARIANTS = ["", "_3d_merged", "_2_5d", "_2_5d_merged", "_2d", "_2d_merged"]
+IBSI_TARGETS = (
+    ["results/tables/ibsi_compliance.csv"]
+    if (IBSI_DIR / "ibsi_1_digital_phantom").is_dir()
+    else []
+)
+
+
 def study_dir(wildcards):
     return samples.loc[wildcards.subject, "dicom"]
 

@@ -61,3 +61,28 @@ rule features_all:
         modalities=MODALITIES,
     script:
         "../scripts/features_all.py"
+
+
+rule ibsi_compliance:
+    input:
+        reference=IBSI_DIR / "ibsi1_digital_phantom_reference_values.csv",
+        image=IBSI_DIR / "ibsi_1_digital_phantom/nifti/image/phantom.nii.gz",
+        mask=IBSI_DIR / "ibsi_1_digital_phantom/nifti/mask/mask.nii.gz",
+        params=[
+            workflow_path(f"config/radiomics/ibsi_phantom{v}.yaml")
+            for v in IBSI_VARIANTS
+        ],
+    output:
+        report(
+            "results/tables/ibsi_compliance.csv",
+            caption="../report/ibsi.rst",
+            category="Features",
+        ),
+    log:
+        "logs/ibsi_compliance.log",
+    conda:
+        "../../envs/features.yaml"
+    params:
+        code=CODE["features"],
+    script:
+        "../scripts/ibsi_compliance.py"
