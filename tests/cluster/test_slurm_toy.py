@@ -1,0 +1,222 @@
+"""The SLURM machinery, end to end, on a toy workflow: a real one-node SLURM (tests/cluster/slurm.sh),
+`snakemake --profile profiles/slurm-test`, and proof from SLURM's own records that every job ran as
+a SLURM job and that the per-subject jobs were grouped into fewer SLURM jobs.
+
+The real workflow is run the same way by a later test; this one checks the cluster, the profiles
+and the plugin settings without depending on it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "tests" / "cluster" / "slurm.sh"
+TOY = REPO / "tests" / "cluster" / "toy" / "Snakefile"
+PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
+TEST_PROFILE = REPO / "profiles" / "slurm-test" / "config.yaml"
+SNAKEMAKE_TIMEOUT = 600  # seconds; the toy takes about a minute
+
+# The toy's jobs: (rule, subject) per subject step, then one aggregate.
+SUBJECTS = ["s1", "s2"]
+PER_SUBJECT = {
+    "convert": "results/nifti/{}.txt",
+    "segment": "results/masks/{}.txt",
+    "extract_features": "results/features/subjects/{}.txt",
+}
+AGGREGATE = "results/features/all.csv"
+
+# What profiles/slurm-test may change in profiles/slurm; everything else must be equal.
+TEST_ONLY_KEYS = {
+    "slurm-status-command",
+    "slurm-init-seconds-before-status-checks",
+    "seconds-between-status-checks",
+}
+
+
+def _snakemake() -> str:
+    venv = REPO / ".venv" / "bin" / "snakemake"
+    return str(venv if venv.exists() else Path(sys.executable).with_name("snakemake"))
+
+
+def _script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _group_size(profile: dict) -> int:
+    (entry,) = [g for g in profile["group-components"] if g.startswith("subject=")]
+    return int(entry.split("=", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def slurm() -> dict:
+    """A running test SLURM: started here (and stopped at the end) unless one already runs."""
+    started = False
+    seconds = 0.0
+    if _script("status", timeout=60).returncode != 0:
+        t0 = time.monotonic()
+        start = _script("start")
+        seconds = time.monotonic() - t0
+        if start.returncode == 3:
+            pytest.skip(f"SLURM cannot be installed on this machine:\n{start.stderr[-2000:]}")
+        assert start.returncode == 0, f"slurm.sh start failed:\n{start.stdout}\n{start.stderr}"
+        started = True
+        print(f"\nslurm.sh start: {seconds:.1f} s (including any package install)")
+    conf = _script("env", timeout=30).stdout.strip().removeprefix("export SLURM_CONF=")
+    base = Path(conf).parents[1]
+    yield {
+        "conf": conf,
+        "dir": base,
+        "ctld_log": base / "log" / "slurmctld.log",
+        "jobcomp_log": base / "log" / "jobcomp.log",
+        "env": {**os.environ, "SLURM_CONF": conf},
+    }
+    if started:
+        stop = _script("stop", timeout=120)
+        assert stop.returncode == 0, f"slurm.sh stop failed:\n{stop.stderr}"
+
+
+def test_test_profile_is_the_real_profile_with_overrides() -> None:
+    """profiles/slurm-test may only shrink requests and set test-cluster status polling."""
+    real, test = _load(PROFILE), _load(TEST_PROFILE)
+    for key, value in real.items():
+        if key not in ("default-resources", "set-resources"):
+            assert test.get(key) == value, (
+                f"profiles/slurm-test differs from profiles/slurm on {key}"
+            )
+    assert set(test) - set(real) == TEST_ONLY_KEYS
+    assert test["slurm-status-command"] == "squeue"
+
+    # Same resource names; the account is dropped (no accounting on the test node).
+    assert set(test["default-resources"]) == set(real["default-resources"]) - {"slurm_account"}
+    assert set(test["set-resources"]) == set(real["set-resources"])
+    for rule, resources in real["set-resources"].items():
+        assert set(test["set-resources"][rule]) == set(resources), rule
+
+    # The user-facing profile names every rule of the workflow and both things to set.
+    assert {"slurm_partition", "slurm_account"} <= set(real["default-resources"])
+    assert set(real["set-resources"]) == {
+        "ingest",
+        "convert",
+        "segment",
+        "qc",
+        "extract_features",
+        "features_table",
+        "features_all",
+        "series_inventory",
+        "segmentation_table",
+        "failures",
+        "cohort_table",
+        "fit_model",
+        "model_tables",
+        "figures",
+    }
+    for profile in (real, test):
+        assert profile["keep-going"] is True and profile["rerun-incomplete"] is True
+        assert _group_size(profile) >= 1
+
+    # Every test request fits the 2-CPU node.
+    requests = [test["default-resources"], *test["set-resources"].values()]
+    assert all(r["cpus_per_task"] <= 2 and r["mem_mb"] <= 4000 for r in requests)
+
+
+@pytest.mark.slow
+def test_start_is_idempotent(slurm: dict) -> None:
+    pids = {p.name: p.read_text() for p in (slurm["dir"] / "pids").glob("*.pid")}
+    assert set(pids) == {"munged.pid", "slurmctld.pid", "slurmd.pid"}
+    again = _script("start", timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert "already running" in again.stderr
+    assert {p.name: p.read_text() for p in (slurm["dir"] / "pids").glob("*.pid")} == pids
+
+
+@pytest.mark.slow
+def test_toy_workflow_runs_as_grouped_slurm_jobs(slurm: dict, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    log = tmp_path / "snakemake.log"
+    command = [
+        "timeout",
+        "-k",
+        "10",
+        str(SNAKEMAKE_TIMEOUT),
+        _snakemake(),
+        "--profile",
+        "profiles/slurm-test",
+        "--snakefile",
+        str(TOY),
+        "--directory",
+        str(run_dir),
+    ]
+    t0 = time.monotonic()
+    with log.open("w") as out:
+        result = subprocess.run(
+            command,
+            cwd=REPO,
+            env=slurm["env"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=SNAKEMAKE_TIMEOUT + 30,
+        )
+    seconds = time.monotonic() - t0
+    print(f"\ntoy workflow under SLURM: {seconds:.1f} s")
+    text = log.read_text()
+    ctld_log = slurm["ctld_log"].read_text()
+    assert result.returncode == 0, (
+        f"snakemake exited {result.returncode} after {seconds:.0f} s:\n{text[-6000:]}\n"
+        f"--- {slurm['ctld_log']} (tail) ---\n{ctld_log[-3000:]}"
+    )
+
+    # Every job wrote the SLURM_JOB_ID it ran under.
+    per_subject = {
+        (rule, subject): (run_dir / pattern.format(subject)).read_text().strip()
+        for rule, pattern in PER_SUBJECT.items()
+        for subject in SUBJECTS
+    }
+    aggregate = (run_dir / AGGREGATE).read_text().strip()
+    ids = [*per_subject.values(), aggregate]
+    assert all(re.fullmatch(r"\d+", i) for i in ids), ids
+
+    # Grouping: the per-subject jobs share SLURM jobs, group-components subjects at a time.
+    expected_groups = math.ceil(len(SUBJECTS) / _group_size(_load(TEST_PROFILE)))
+    group_ids = set(per_subject.values())
+    assert len(group_ids) == expected_groups, per_subject
+    assert len(set(ids)) < len(ids)
+    assert aggregate not in group_ids  # the aggregate is a SLURM job of its own
+
+    # SLURM's own records: Snakemake's submissions, slurmctld's log, the job completion log and
+    # squeue (finished jobs stay listed for MinJobAge) all know these jobs, completed with exit 0.
+    submitted = set(re.findall(r"submitted with SLURM jobid (\d+)", text))
+    assert submitted == set(ids), (submitted, ids)
+    jobcomp = slurm["jobcomp_log"].read_text()
+    squeue = subprocess.run(
+        ["squeue", "--states=all", "--noheader", "--format=%i|%T", "--jobs", ",".join(submitted)],
+        capture_output=True,
+        text=True,
+        env=slurm["env"],
+        timeout=30,
+    )
+    states = dict(line.split("|") for line in squeue.stdout.split())
+    for job_id in submitted:
+        assert f"_job_complete: JobId={job_id} WEXITSTATUS 0" in ctld_log, job_id
+        assert re.search(
+            rf"^JobId={job_id} .*JobState=COMPLETED .*WorkDir={re.escape(str(run_dir))} ",
+            jobcomp,
+            re.MULTILINE,
+        ), job_id
+        assert states.get(job_id) == "COMPLETED", squeue.stdout + squeue.stderr
