@@ -46,13 +46,54 @@ def _snakemake(run_dir: Path, config: Path, *extra: str) -> subprocess.Completed
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=1500)
 
 
+STS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ibsi_sts_sample" / "dicom"
+STS_PATIENTS = ("STS_001", "STS_002", "STS_003")
+STS_MASKS = {"ct": "CT", "t1": "MR_T1", "pet": "PET"}
+
+
+def _sheet(cohort: Path, out: Path) -> pd.DataFrame:
+    """The phantom cohort's sheet, plus the real sarcoma patients (RTSTRUCT masks) when present.
+
+    The real patients are mixed into the same run on purpose: their features must land in the
+    same tables as the phantoms'.
+    """
+    sheet = pd.read_csv(cohort / "samples.tsv", sep="\t", dtype=str)
+    sheet["dicom"] = [str(cohort / d) for d in sheet["dicom"]]
+    if STS.is_dir():
+        rows = [
+            {
+                "subject": patient.replace("_", ""),
+                "label": "sarcoma",
+                "site": "sts",
+                "dicom": str(STS / patient),
+                **{
+                    f"mask_{m}": str(STS / patient / f / "mask" / "RS.dcm")
+                    for m, f in STS_MASKS.items()
+                },
+            }
+            for patient in STS_PATIENTS
+        ]
+        sheet = pd.concat([sheet, pd.DataFrame(rows)], ignore_index=True)
+    sheet.to_csv(out, sep="\t", index=False)
+    return sheet
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("e2e")
     cohort = write_cohort(n=N_SUBJECTS, seed=7, out=base / "cohort", size="demo", jobs=2)
+    sheet = _sheet(cohort, base / "samples.tsv")
+    # PET's parameter file is a copy, so the rerun-scope test can edit it.
+    radiomics = {
+        m: str(REPO / "config" / "radiomics" / f"{f}.yaml")
+        for m, f in (("ct", "ct"), ("t1", "mr"), ("t2", "mr"))
+    }
+    radiomics["pet"] = str(base / "pet.yaml")
+    (base / "pet.yaml").write_bytes((REPO / "config" / "radiomics" / "pet.yaml").read_bytes())
     config = {
-        "samples": str(cohort / "samples.tsv"),
+        "samples": str(base / "samples.tsv"),
         "truth": str(cohort / "truth"),
+        "radiomics": radiomics,
         "model": {
             "tasks": ["tc_vs_sarcoma", "tc_vs_mimics"],
             "feature_sets": ["ct", "mr", "pet", "all"],
@@ -70,11 +111,14 @@ def run(tmp_path_factory) -> dict:
     assert report.returncode == 0, report.stderr[-3000:]
     again = _snakemake(run_dir, config_path, "-n")
     return {
+        "base": base,
         "cohort": cohort,
         "results": run_dir / "results",
-        "config": config_path,
+        "config": config,
+        "config_path": config_path,
         "run_dir": run_dir,
         "again": again,
+        "sheet": sheet,
         "samples": pd.read_csv(cohort / "samples.tsv", sep="\t", dtype=str),
         "truth": pd.read_csv(cohort / "truth" / "labels.tsv", sep="\t", dtype={"subject": str}),
     }
@@ -149,7 +193,7 @@ def test_masks_live_on_each_modality_grid(run):
 
 def test_segmentation_table_has_dice_against_truth(run):
     table = pd.read_csv(run["results"] / "tables" / "segmentation.csv", dtype={"subject": str})
-    ct = table[table.modality == "ct"]
+    ct = table[(table.modality == "ct") & table.subject.isin(run["samples"].subject)]
     assert len(ct) >= N_SUBJECTS - 1
     assert ct["dice"].between(0, 1).all()
     assert ct["dice"].median() > 0.5
@@ -188,6 +232,7 @@ def test_performance_table(run):
     assert table.auc.between(0, 1).all()
     assert (table.auc_ci_low <= table.auc).all() and (table.auc <= table.auc_ci_high).all()
     assert (table.n_subjects[table.task == "tc_vs_mimics"] >= N_SUBJECTS - 1).all()
+    assert (table.n_subjects <= len(run["sheet"])).all()
     md = (run["results"] / "tables" / "performance.md").read_text()
     assert "tc_vs_sarcoma" in md and "|" in md
     assert (run["results"] / "tables" / "performance.tex").read_text().count("\\\\") >= 8
@@ -195,10 +240,10 @@ def test_performance_table(run):
 
 def test_inventory_failures_cohort_and_report(run):
     inventory = pd.read_csv(run["results"] / "tables" / "series_inventory.csv", dtype=str)
-    assert set(inventory.subject) == set(run["samples"].subject)
+    assert set(inventory.subject) == set(run["sheet"].subject)
     assert {"ct", "t1", "t2", "pet"} <= set(inventory.modality)
     assert (run["results"] / "tables" / "failures.csv").exists()
-    for subject in run["samples"].subject:
+    for subject in run["sheet"].subject:
         png = run["results"] / "qc" / f"{subject}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (run["results"] / "report.html").read_text(errors="replace")
@@ -256,3 +301,95 @@ def test_no_patient_identifier_reaches_results_or_logs(run):
             text = data.decode("latin-1")
             leaks += [(str(path), p.pattern) for p in patterns if p.search(text)]
     assert not leaks, leaks[:10]
+
+
+def test_real_sarcoma_patients_land_in_the_same_tables(run):
+    """The three real STS patients: RTSTRUCT masks, PET already in SUV, no T2 series."""
+    if not STS.is_dir():
+        pytest.skip(f"real patients not found at {STS}")
+    features = run["results"] / "features"
+    real = [p.replace("_", "") for p in STS_PATIENTS]
+    for modality in ("ct", "t1", "pet"):
+        table = pd.read_csv(features / f"{modality}.csv", dtype={"subject": str})
+        assert set(real) <= set(table.subject), modality
+        assert set(run["samples"].subject) & set(table.subject), modality
+    pet = pd.read_csv(features / "pet.csv", dtype={"subject": str}).set_index("subject")
+    # Units GML: SUV as stored. Scaled again as if Bq/ml it would be about a thousandth of this.
+    assert pet.loc[real, "conv_suvmax"].between(1.0, 60.0).all(), pet.loc[real, "conv_suvmax"]
+    t2 = pd.read_csv(features / "t2.csv", dtype={"subject": str})
+    assert not set(real) & set(t2.subject)
+    segmentation = pd.read_csv(run["results"] / "tables" / "segmentation.csv", dtype=str)
+    sources = segmentation[segmentation.subject.isin(real)]
+    assert set(sources.source) == {"user"}
+    assert set(sources.modality) == {"ct", "t1", "pet"}
+
+
+def _planned(run, config: dict) -> dict[str, int]:
+    """Jobs per rule that `snakemake -n` plans against the completed run, for ``config``."""
+    path = run["base"] / "changed_config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    dry = _snakemake(run["run_dir"], path, "-n", "--quiet", "rules")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    planned: dict[str, int] = {}
+    in_table = False
+    for line in (dry.stdout + dry.stderr).splitlines():
+        fields = line.split()
+        if fields[:2] == ["job", "count"]:
+            in_table = True
+        elif in_table and len(fields) == 2 and fields[1].isdigit():
+            if fields[0] == "total":
+                break
+            planned[fields[0]] = int(fields[1])
+    return planned
+
+
+UPSTREAM = ("ingest", "convert", "segment", "qc")
+
+
+def test_pet_parameter_change_reruns_only_pet_extraction_and_downstream(run):
+    pet_file = Path(run["config"]["radiomics"]["pet"])
+    original, stat = pet_file.read_text(), pet_file.stat()
+    assert "binWidth: 0.25" in original
+    try:
+        pet_file.write_text(original.replace("binWidth: 0.25", "binWidth: 0.3"))
+        planned = _planned(run, run["config"])
+    finally:
+        pet_file.write_text(original)
+        os.utime(pet_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    n_pet = len(pd.read_csv(run["results"] / "features" / "pet.csv"))
+    assert planned["extract_features"] == n_pet  # PET jobs only, one per subject with PET
+    assert planned["features_table"] == 1
+    assert planned["fit_model"] == 8 and planned["model_tables"] == 1
+    assert not set(UPSTREAM) & set(planned), planned
+
+
+def test_model_setting_change_reruns_only_modelling_and_reporting(run):
+    config = yaml.safe_load(yaml.safe_dump(run["config"]))
+    config["model"]["cv"]["bootstrap"] = 300
+    planned = _planned(run, config)
+    assert planned["fit_model"] == 8
+    assert set(planned) <= {"fit_model", "model_tables", "figures", "cohort_table", "all"}, planned
+
+
+def test_segmentation_threshold_change_reruns_segmentation_not_conversion(run):
+    config = yaml.safe_load(yaml.safe_dump(run["config"]))
+    config["segmentation"] = {"threshold_hu": 170}
+    planned = _planned(run, config)
+    n_subjects = len(run["sheet"])
+    assert planned["segment"] == n_subjects and planned["qc"] == n_subjects
+    assert planned["extract_features"] == 4 * n_subjects  # every modality, absent ones too
+    assert "ingest" not in planned and "convert" not in planned
+
+
+def test_adding_a_subject_runs_only_its_chain_and_the_aggregates(run, tmp_path):
+    extra = write_cohort(n=1, seed=99, out=tmp_path / "extra", size="demo", jobs=1)
+    sheet = run["sheet"].copy()
+    new = pd.read_csv(extra / "samples.tsv", sep="\t", dtype=str).assign(subject="NEW01")
+    new["dicom"] = [str(extra / d) for d in new["dicom"]]
+    path = run["base"] / "samples_plus_one.tsv"
+    pd.concat([sheet, new], ignore_index=True).to_csv(path, sep="\t", index=False)
+    config = {**run["config"], "samples": str(path)}
+    planned = _planned(run, config)
+    for rule in UPSTREAM:
+        assert planned[rule] == 1, (rule, planned)
+    assert planned["extract_features"] == 4

@@ -9,18 +9,14 @@ and the plugin settings without depending on it.
 from __future__ import annotations
 
 import math
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import yaml
+from slurm_helpers import REPO, group_size, load_profile, slurm_script, snakemake_command
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "tests" / "cluster" / "slurm.sh"
 TOY = REPO / "tests" / "cluster" / "toy" / "Snakefile"
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 TEST_PROFILE = REPO / "profiles" / "slurm-test" / "config.yaml"
@@ -43,57 +39,9 @@ TEST_ONLY_KEYS = {
 }
 
 
-def _snakemake() -> str:
-    venv = REPO / ".venv" / "bin" / "snakemake"
-    return str(venv if venv.exists() else Path(sys.executable).with_name("snakemake"))
-
-
-def _script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def _load(path: Path) -> dict:
-    return yaml.safe_load(path.read_text())
-
-
-def _group_size(profile: dict) -> int:
-    (entry,) = [g for g in profile["group-components"] if g.startswith("subject=")]
-    return int(entry.split("=", 1)[1])
-
-
-@pytest.fixture(scope="module")
-def slurm() -> dict:
-    """A running test SLURM: started here (and stopped at the end) unless one already runs."""
-    started = False
-    seconds = 0.0
-    if _script("status", timeout=60).returncode != 0:
-        t0 = time.monotonic()
-        start = _script("start")
-        seconds = time.monotonic() - t0
-        if start.returncode == 3:
-            pytest.skip(f"SLURM cannot be installed on this machine:\n{start.stderr[-2000:]}")
-        assert start.returncode == 0, f"slurm.sh start failed:\n{start.stdout}\n{start.stderr}"
-        started = True
-        print(f"\nslurm.sh start: {seconds:.1f} s (including any package install)")
-    conf = _script("env", timeout=30).stdout.strip().removeprefix("export SLURM_CONF=")
-    base = Path(conf).parents[1]
-    yield {
-        "conf": conf,
-        "dir": base,
-        "ctld_log": base / "log" / "slurmctld.log",
-        "jobcomp_log": base / "log" / "jobcomp.log",
-        "env": {**os.environ, "SLURM_CONF": conf},
-    }
-    if started:
-        stop = _script("stop", timeout=120)
-        assert stop.returncode == 0, f"slurm.sh stop failed:\n{stop.stderr}"
-
-
 def test_test_profile_is_the_real_profile_with_overrides() -> None:
     """profiles/slurm-test may only shrink requests and set test-cluster status polling."""
-    real, test = _load(PROFILE), _load(TEST_PROFILE)
+    real, test = load_profile(PROFILE), load_profile(TEST_PROFILE)
     for key, value in real.items():
         if key not in ("default-resources", "set-resources"):
             assert test.get(key) == value, (
@@ -128,7 +76,7 @@ def test_test_profile_is_the_real_profile_with_overrides() -> None:
     }
     for profile in (real, test):
         assert profile["keep-going"] is True and profile["rerun-incomplete"] is True
-        assert _group_size(profile) >= 1
+        assert group_size(profile) >= 1
 
     # Every test request fits the 2-CPU node.
     requests = [test["default-resources"], *test["set-resources"].values()]
@@ -139,7 +87,7 @@ def test_test_profile_is_the_real_profile_with_overrides() -> None:
 def test_start_is_idempotent(slurm: dict) -> None:
     pids = {p.name: p.read_text() for p in (slurm["dir"] / "pids").glob("*.pid")}
     assert set(pids) == {"munged.pid", "slurmctld.pid", "slurmd.pid"}
-    again = _script("start", timeout=120)
+    again = slurm_script("start", timeout=120)
     assert again.returncode == 0, again.stderr
     assert "already running" in again.stderr
     assert {p.name: p.read_text() for p in (slurm["dir"] / "pids").glob("*.pid")} == pids
@@ -155,7 +103,7 @@ def test_toy_workflow_runs_as_grouped_slurm_jobs(slurm: dict, tmp_path: Path) ->
         "-k",
         "10",
         str(SNAKEMAKE_TIMEOUT),
-        _snakemake(),
+        snakemake_command(),
         "--profile",
         "profiles/slurm-test",
         "--snakefile",
@@ -193,7 +141,7 @@ def test_toy_workflow_runs_as_grouped_slurm_jobs(slurm: dict, tmp_path: Path) ->
     assert all(re.fullmatch(r"\d+", i) for i in ids), ids
 
     # Grouping: the per-subject jobs share SLURM jobs, group-components subjects at a time.
-    expected_groups = math.ceil(len(SUBJECTS) / _group_size(_load(TEST_PROFILE)))
+    expected_groups = math.ceil(len(SUBJECTS) / group_size(load_profile(TEST_PROFILE)))
     group_ids = set(per_subject.values())
     assert len(group_ids) == expected_groups, per_subject
     assert len(set(ids)) < len(ids)
