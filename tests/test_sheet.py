@@ -78,3 +78,17 @@ def test_the_example_sheet_satisfies_the_schema(repo):
     bad = {**sheet.to_dict(orient="records")[0], "label": "osteoma"}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_empty_optional_cells_are_none_not_nan(tmp_path):
+    """An empty mask_ct cell must not read as a path (pandas' NaN is truthy)."""
+    (tmp_path / "dicom" / "S01").mkdir(parents=True)
+    (tmp_path / "m.nii.gz").write_bytes(b"")
+    path = tmp_path / "samples.tsv"
+    path.write_text(
+        "subject\tlabel\tsite\tdicom\tmask_ct\nS01\ttc\tA\tdicom/S01\t\nS02\ttc\tA\tdicom/S01\tm.nii.gz\n",
+        encoding="utf-8",
+    )
+    samples = load_samples(path)
+    assert samples.loc["S01", "mask_ct"] is None
+    assert samples.loc["S02", "mask_ct"] == str((tmp_path / "m.nii.gz").resolve())

@@ -30,8 +30,10 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     text = "".join(line for line in lines if not line.startswith("#"))
     sheet = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
-    sheet = sheet.apply(lambda column: column.str.strip())
-    sheet = sheet.replace({"": None, "NA": None, "nan": None})
+    # object dtype with None for empty cells: pandas' string dtype would turn them into NaN,
+    # which is truthy and would read as a path.
+    sheet = sheet.apply(lambda column: column.str.strip()).astype(object)
+    sheet = sheet.where(~sheet.isin(["", "NA", "nan"]), None)
     missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
     if missing:
         raise ConfigError(
@@ -74,11 +76,10 @@ def check_sheet(
     if problems:
         raise ConfigError(f"sample sheet {sheet_path}:\n  " + "\n  ".join(problems))
     sheet = sheet.copy()
-    sheet["dicom"] = resolved
+    sheet["dicom"] = pd.Series(resolved, index=sheet.index, dtype=object)
     for column in [c for c in sheet.columns if c.startswith("mask_")]:
-        sheet[column] = [
-            str((base / value).resolve()) if value else None for value in sheet[column]
-        ]
+        paths = [str((base / value).resolve()) if value else None for value in sheet[column]]
+        sheet[column] = pd.Series(paths, index=sheet.index, dtype=object)
     return sheet.set_index("subject", drop=False)
 
 
