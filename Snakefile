@@ -43,6 +43,7 @@ rule all:
         "results/tables/segmentation.csv",
         expand("results/qc/{subject}.png", subject=SUBJECTS),
         "results/features/all.csv",
+        IBSI_TARGETS,
         expand("results/tables/{table}.{ext}", table=MODEL_TABLES, ext=TABLE_FORMATS),
         expand("results/tables/cohort.{ext}", ext=TABLE_FORMATS),
         expand("results/figures/roc_{task}.{ext}", task=TASKS, ext=FIGURE_FORMATS),

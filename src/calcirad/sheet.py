@@ -21,6 +21,13 @@ LABELS = ("tc", "sarcoma", "mimic")
 CLINICAL_COLUMNS = ("age", "sex", "eskd", "phosphate_mg_dl")
 
 
+def _empty_cells_as_none(sheet: pd.DataFrame) -> pd.DataFrame:
+    """object dtype with None for empty cells: pandas' string dtype (and schema validation, which
+    rebuilds the frame) turns them into NaN, which is truthy and would read as a path."""
+    sheet = sheet.astype(object)
+    return sheet.where(sheet.notna() & ~sheet.isin(["", "NA", "nan"]), None)
+
+
 def read_sheet(path: str | Path) -> pd.DataFrame:
     """Read the sheet as strings (IDs like ``007`` must stay ``007``); empty cells become None."""
     path = Path(path)
@@ -30,10 +37,7 @@ def read_sheet(path: str | Path) -> pd.DataFrame:
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     text = "".join(line for line in lines if not line.startswith("#"))
     sheet = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False)
-    # object dtype with None for empty cells: pandas' string dtype would turn them into NaN,
-    # which is truthy and would read as a path.
-    sheet = sheet.apply(lambda column: column.str.strip()).astype(object)
-    sheet = sheet.where(~sheet.isin(["", "NA", "nan"]), None)
+    sheet = _empty_cells_as_none(sheet.apply(lambda column: column.str.strip()))
     missing = [c for c in REQUIRED_COLUMNS if c not in sheet.columns]
     if missing:
         raise ConfigError(
@@ -52,6 +56,7 @@ def check_sheet(
     """
     sheet_path = Path(sheet_path)
     base = sheet_path.resolve().parent
+    sheet = _empty_cells_as_none(sheet)
     problems: list[str] = []
     duplicated = sheet["subject"][sheet["subject"].duplicated(keep=False)]
     for subject in sorted(set(duplicated)):

@@ -27,6 +27,8 @@ TISSUES = {
 }
 THIGH_SPLIT_Z = -70.0  # below this the body is two thighs (mm)
 SKIN_MM = 2.0
+BLADDER_SHAPE = Ellipsoid((0.0, -45.0, 20.0), (45.0, 30.0, 35.0))
+BLADDER_MARGIN_MM = 12.0  # about two PET FWHM/2: urinary activity must not spill into a lesion
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ def label_map(body: Body, grid: Grid) -> np.ndarray:
     for shrink, tissue in ((0.0, SKIN), (SKIN_MM, FAT), (body.fat, MUSCLE)):
         for outline in _outlines(body, shrink):
             paint(labels, grid, outline, tissue)
-    paint(labels, grid, Ellipsoid((0.0, -45.0, 20.0), (45.0, 30.0, 35.0)), BLADDER)
+    paint(labels, grid, BLADDER_SHAPE, BLADDER)
     p_out, p_in, f_out, f_in = _bones(body)
     for shapes, tissue in ((p_out, CORTEX), (p_in, MARROW)):
         for shape in shapes:
@@ -234,3 +236,14 @@ def fit_inside(body: Body, centre: Vec, radius: float, z_bounds: tuple[float, fl
     if q > 1.0:
         x, y = cx + (x - cx) / q, cy + (y - cy) / q
     return (float(x), float(y), float(z))
+
+
+def clear_of_bladder(centre: Vec, radius: float) -> bool:
+    """True when a sphere of ``radius`` (mm) at ``centre`` stays ``BLADDER_MARGIN_MM`` away from the
+    bladder (conservative: the bladder ellipsoid inflated by radius + margin)."""
+    grow = radius + BLADDER_MARGIN_MM
+    d = [
+        (c - b) / (r + grow)
+        for c, b, r in zip(centre, BLADDER_SHAPE.centre, BLADDER_SHAPE.radii, strict=True)
+    ]
+    return sum(v * v for v in d) > 1.0

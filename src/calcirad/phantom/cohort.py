@@ -50,6 +50,7 @@ TRUTH_COLUMNS = [
     "phosphate_mg_dl",
     "ct_mean_hu_true",
     "weight_kg",
+    "t1c",
 ]
 
 
@@ -137,7 +138,11 @@ def _times(priors: Priors, rng: np.random.Generator) -> dict[str, dt.datetime]:
         "injection": pet - dt.timedelta(seconds=uptake_s),
         "ct": pet - dt.timedelta(minutes=3),
         "pet": pet,
-        "mr": pet + dt.timedelta(minutes=45),
+        "CT": pet - dt.timedelta(minutes=3),
+        "PET": pet,
+        "MR_T1": pet + dt.timedelta(minutes=45),
+        "MR_T2": pet + dt.timedelta(minutes=51),
+        "MR_T1C": pet + dt.timedelta(minutes=45 + int(priors["contrast"]["series_after_t1_min"])),
     }
 
 
@@ -177,6 +182,10 @@ def generate_subject(
     half_life = float(priors["pet"]["half_life_s"])
     elapsed = (times["pet"] - times["injection"]).total_seconds()
     bqml_per_suv = dose * 2.0 ** (-elapsed / half_life) / (weight * 1000.0)
+    # gadolinium is withheld in ESKD (seed case); otherwise given to most, so t1c is often missing
+    contrast = priors["contrast"]
+    p_t1c = contrast["p_if_eskd"] if clinical["eskd"] else contrast["p_if_renal_function_ok"]
+    with_t1c = chance(p_t1c, np.random.default_rng([seed, 2, plan.index]))
     acqs = acquisitions(
         priors=priors,
         size=size,
@@ -184,6 +193,7 @@ def generate_subject(
         rng=rng,
         centre=VOLUME_CENTRE,
         bqml_per_suv=bqml_per_suv,
+        t1c=with_t1c,
     )
     sizes = priors["sizes"][size]
     lesions, _ = build_lesions(
@@ -227,9 +237,7 @@ def generate_subject(
         )
         image = form_image(values, acq, rng)
         stored, slopes, intercept = encode(image, acq)
-        when = (
-            times["mr"] if acq.modality == "MR" else times["ct" if acq.modality == "CT" else "pet"]
-        )
+        when = times[acq.name]
         write_series(
             folder=dicom_tmp,
             study=study,
@@ -266,6 +274,7 @@ def generate_subject(
         "site": plan.site,
         "n_lesions": len(lesions),
         "weight_kg": weight,
+        "t1c": int(with_t1c),
         **clinical,
         **row,
     }

@@ -141,6 +141,15 @@ def _mr_tags(ds: Dataset, study: Study, acq: Acquisition) -> None:
     ds.FlipAngle = "150" if acq.key == "t2" else "90"
     ds.InPlanePhaseEncodingDirection = "ROW"
     ds.PixelBandwidth = "200"
+    contrast = acq.tags.get("contrast")
+    if contrast:  # Contrast/Bolus module: post-gadolinium T1
+        ds.ContrastBolusAgent = contrast["agent"]
+        ds.ContrastBolusRoute = "IV"
+        volume = f"{float(contrast['ml_per_kg']) * study.weight_kg:.1f}"
+        ds.ContrastBolusVolume = ds.ContrastBolusTotalDose = volume
+        ds.ContrastBolusIngredient = contrast["ingredient"]
+        start = dt.datetime.strptime(ds.SeriesDate + ds.SeriesTime[:6], "%Y%m%d%H%M%S")
+        ds.ContrastBolusStartTime = _tm(start - dt.timedelta(minutes=float(contrast["delay_min"])))
 
 
 def _pet_tags(ds: Dataset, study: Study, acq: Acquisition) -> None:
@@ -158,7 +167,12 @@ def _pet_tags(ds: Dataset, study: Study, acq: Acquisition) -> None:
     ds.FrameReferenceTime = "0"
     ds.ActualFrameDuration = 180000
     ds.NumberOfSlices = acq.grid.shape[0]
-    ds.RescaleType = "BQML"
+    ds.CollimatorType = "NONE"  # 3D acquisition without septa
+    ds.PatientOrientationCodeSequence = [_code("102538003", "SCT", "recumbent")]
+    ds.PatientOrientationCodeSequence[0].PatientOrientationModifierCodeSequence = [
+        _code("40199007", "SCT", "supine")
+    ]
+    ds.PatientGantryRelationshipCodeSequence = [_code("102540008", "SCT", "headfirst")]
     drug = Dataset()
     drug.Radiopharmaceutical = "Fludeoxyglucose"
     drug.RadiopharmaceuticalStartTime = _tm(study.injection)
@@ -166,11 +180,15 @@ def _pet_tags(ds: Dataset, study: Study, acq: Acquisition) -> None:
     drug.RadionuclideTotalDose = f"{study.dose_bq:.0f}"
     drug.RadionuclideHalfLife = f"{study.half_life_s:g}"
     drug.RadionuclidePositronFraction = "0.9673"
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator = "C-111A1", "SRT"
-    code.CodeMeaning = "^18^Fluorine"
-    drug.RadionuclideCodeSequence = [code]
+    drug.RadionuclideCodeSequence = [_code("77004003", "SCT", "^18^Fluorine")]
+    drug.RadiopharmaceuticalCodeSequence = [_code("35321007", "SCT", "Fluorodeoxyglucose F^18^")]
     ds.RadiopharmaceuticalInformationSequence = [drug]
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
+    return code
 
 
 MODALITY_TAGS = {"CT": _ct_tags, "MR": _mr_tags, "PT": _pet_tags}
@@ -205,8 +223,9 @@ def write_series(
         z = z0 + k * dz
         ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{z:.4f}"]
         ds.SliceLocation = f"{z:.4f}"
-        ds.RescaleIntercept = f"{intercept:g}"
-        ds.RescaleSlope = f"{slopes[k]:.6g}"
+        if acq.modality != "MR":  # the MR Image IOD has no rescale (stored = scanner units)
+            ds.RescaleIntercept = f"{intercept:g}"
+            ds.RescaleSlope = f"{slopes[k]:.6g}"
         if acq.modality == "PT":
             ds.ImageIndex = k + 1
         if acq.modality == "MR":

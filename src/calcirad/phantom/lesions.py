@@ -22,12 +22,14 @@ DEPENDENT = (0.0, 1.0, 0.0)  # gravity for a supine patient points posterior (+y
 @dataclass(frozen=True)
 class Part:
     """One painted piece of a lesion; ``ct_scale`` varies density between lobules; parts with
-    ``over_bone`` False never replace bone (intra-articular contents)."""
+    ``over_bone`` False never replace bone (intra-articular contents); parts with ``in_truth``
+    False (perilesional oedema) change the images but are not lesion in the truth mask."""
 
     shape: Shape
     component: str
     ct_scale: float = 1.0
     over_bone: bool = True
+    in_truth: bool = True
 
 
 @dataclass
@@ -60,13 +62,16 @@ class Lesion:
 
 
 def _components(spec: dict[str, Any], suvmax: float, rng: np.random.Generator) -> dict:
+    """Per-component values of one lesion; ``t1c`` is T1 x (1 + gadolinium enhancement)."""
     out = {}
     for name, comp in spec["components"].items():
+        t1 = draw(comp["t1"], rng)
         out[name] = {
             "ct": draw(comp["ct"], rng),
-            "t1": draw(comp["t1"], rng),
+            "t1": t1,
             "t2": draw(comp["t2"], rng),
             "suv": float(comp["suv_frac"]) * suvmax,
+            "t1c": t1 * (1.0 + draw(comp.get("enh", 0.0), rng)),
         }
     return out
 
@@ -127,7 +132,8 @@ def _lobulated(lesion: Lesion, spec: dict, rng: np.random.Generator, ctx: dict) 
 
 def _solid_mineralised(lesion: Lesion, spec: dict, rng: np.random.Generator, ctx: dict) -> None:
     """Sarcoma: a solid, lobulated mass with necrotic cavities and a mineral pattern
-    (central amorphous, peripheral punctate, or chondroid rings and arcs)."""
+    (central amorphous, peripheral punctate, or chondroid rings and arcs); optionally one
+    haemorrhagic cavity with a dependent haematocrit level (fluid-fluid level, painted last)."""
     R, c = lesion.radius_mm, lesion.centre
     radii = (R, R * rng.uniform(0.7, 1.0), R * rng.uniform(0.9, 1.3))
     lesion.parts.append(Part(Ellipsoid(c, radii), "solid"))
@@ -137,8 +143,30 @@ def _solid_mineralised(lesion: Lesion, spec: dict, rng: np.random.Generator, ctx
     for _ in range(draw_int(spec.get("n_necrosis", 0), rng)):
         r = draw(spec["necrosis_r_frac"], rng) * R
         lesion.parts.append(Part(Ellipsoid(_add(c, _in_ball(rng, 0.5 * R)), (r,) * 3), "necrosis"))
-    if not chance(spec.get("p_mineralised", 1.0), rng):
-        return
+    ffl: list[Part] = []
+    if chance(spec.get("p_ffl", 0.0), rng):
+        r = max(draw(spec["necrosis_r_frac"], rng) * R, 0.3 * R, 6.0)
+        centre = _add(c, _in_ball(rng, max(0.5 * R - r, 0.0)))
+        offset = r * (1.0 - 2.0 * draw(spec["sediment_fill"], rng))
+        ffl = [
+            Part(Ellipsoid(centre, (r,) * 3), "necrosis"),
+            Part(Ellipsoid(centre, (r,) * 3, cut=(DEPENDENT, offset)), "sediment"),
+        ]
+        lesion.lobules.append(
+            {
+                "centre_mm": [round(v, 2) for v in centre],
+                "r_mm": round(r, 2),
+                "kind": "ffl",
+                "level_y_mm": round(centre[1] + offset, 2),
+            }
+        )
+    if chance(spec.get("p_mineralised", 1.0), rng):
+        _mineral(lesion, spec, rng, radii)
+    lesion.parts.extend(ffl)
+
+
+def _mineral(lesion: Lesion, spec: dict, rng: np.random.Generator, radii: Vec) -> None:
+    R, c = lesion.radius_mm, lesion.centre
     pattern = spec["mineral_pattern"]
     if pattern == "central_amorphous":
         spread = draw(spec["mineral_frac"], rng) * R
@@ -260,6 +288,16 @@ MORPHOLOGIES = {
 }
 
 
+def _place(
+    body: anatomy.Body, point: Vec, direction: Vec, R: float, sink: float, z_bounds: tuple
+) -> Vec:
+    """Lesion centre ``R`` out from the anchor (less ``sink`` x R into the bone, else a 1.5 mm gap),
+    pulled inside the skin and the common z range."""
+    gap = -sink * R if sink else 1.5
+    centre = tuple(p + d * (R + gap) for p, d in zip(point, direction, strict=True))
+    return anatomy.fit_inside(body, centre, R, z_bounds)
+
+
 def build_lesions(
     *,
     subtype: str,
@@ -278,7 +316,10 @@ def build_lesions(
     bilateral = chance(spec.get("p_bilateral", 0.0), rng)
     side0 = 1 if rng.random() < 0.5 else -1
     suvmax = draw(spec["suvmax"], rng)
-    diam0 = min(draw(spec["diam_mm"], rng), limits["max_lesion_diam_mm"])
+    # small lesions (partial-volume confounder): the PET blur lowers their measured SUVmax
+    small = chance(spec.get("p_small", 0.0), rng)
+    diam0 = draw(spec["small_diam_mm"] if small else spec["diam_mm"], rng)
+    diam0 = min(diam0, limits["max_lesion_diam_mm"])
     lesions: list[Lesion] = []
     for i in range(n):
         side = side0 if not bilateral or i % 2 == 0 else -side0
@@ -287,12 +328,18 @@ def build_lesions(
         R = diam / 2.0
         point, direction = anatomy.anchor(body, location, side, rng)
         erosion = chance(spec.get("p_bone_erosion", spec.get("p_erosion", 0.0)), rng)
-        gap = -0.3 * R if erosion else 1.5  # an eroding lesion sinks into the bone it abuts
-        if spec["morphology"] == "surface_ossified":
-            gap = -0.1 * R
-        centre = tuple(p + d * (R + gap) for p, d in zip(point, direction, strict=True))
-        if spec["morphology"] != "intraarticular":
-            centre = anatomy.fit_inside(body, centre, R, z_bounds)
+        # an eroding lesion sinks into the bone it abuts; a surface lesion sits on the cortex
+        sink = 0.1 if spec["morphology"] == "surface_ossified" else 0.3 if erosion else 0.0
+        centre = _place(body, point, direction, R, sink, z_bounds)
+        if spec["morphology"] == "intraarticular":
+            centre = tuple(p + d * (R + 1.5) for p, d in zip(point, direction, strict=True))
+        else:
+            # a lesion pulled inside the skin must not engulf the bladder: shrink it instead
+            for _ in range(10):
+                if anatomy.clear_of_bladder(centre, R):
+                    break
+                R *= 0.85
+                centre = _place(body, point, direction, R, sink, z_bounds)
         lesion_suv = suvmax if i == 0 else suvmax * rng.uniform(0.6, 1.0)
         lesion = Lesion(
             index=i + 1,
@@ -311,6 +358,12 @@ def build_lesions(
             "erosion": erosion,
         }
         MORPHOLOGIES[spec["morphology"]](lesion, spec, rng, ctx)
+        if chance(spec.get("p_edema", 0.0), rng):
+            # perilesional (muscle) oedema: changes T2/T1c/CT around the mass, not in the truth
+            rim = R * 1.2 + draw(spec["edema_mm"], rng)
+            radii = (rim, rim * rng.uniform(0.8, 1.0), rim * rng.uniform(1.0, 1.4))
+            edema = Part(Ellipsoid(lesion.centre, radii), "edema", over_bone=False, in_truth=False)
+            lesion.parts.insert(0, edema)
         lesions.append(lesion)
         if spec["morphology"] == "intraarticular":
             break  # one joint

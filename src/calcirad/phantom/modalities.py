@@ -31,9 +31,9 @@ class Acquisition:
     (MR: muscle signal; PET: Bq/ml per SUV).
     """
 
-    name: str  # series folder stem: CT, MR_T1, MR_T2, PET
+    name: str  # series folder stem: CT, MR_T1, MR_T2, PET, MR_T1C
     modality: str  # DICOM Modality: CT, MR, PT
-    key: str  # render property: ct, t1, t2, suv
+    key: str  # render property: ct, t1, t2, suv, t1c
     series_number: int
     grid: Grid
     psf_fwhm_mm: float
@@ -124,6 +124,12 @@ def encode(image: np.ndarray, acq: Acquisition) -> tuple[np.ndarray, list[float]
     raise ValueError(f"unknown modality {acq.modality!r}")
 
 
+def grid_spec(priors: Priors, size: str, site: str, modality: str) -> dict[str, Any]:
+    """The grid of one modality for ``size``, with the site's own resolution where it has one."""
+    override = priors["sites"][site].get("sizes", {}).get(size, {}).get(modality, {})
+    return {**priors["sizes"][size][modality], **override}
+
+
 def acquisitions(
     *,
     priors: Priors,
@@ -132,12 +138,14 @@ def acquisitions(
     rng: np.random.Generator,
     centre: tuple[float, float, float],
     bqml_per_suv: float,
+    t1c: bool = False,
 ) -> list[Acquisition]:
-    """The four series of one subject (CT, MR T1, MR T2, PET) for ``site`` and ``size``."""
-    sizes, st = priors["sizes"][size], priors["sites"][site]
-    ct_grid = make_grid(sizes["ct"], rng, centre)
-    mr_grid = make_grid(sizes["mr"], rng, centre)  # T1 and T2 share one MR grid
-    pet_grid = make_grid(sizes["pet"], rng, centre)
+    """The series of one subject (CT, MR T1, MR T2, PET, and the post-contrast T1 when ``t1c``)
+    for ``site`` and ``size``."""
+    st = priors["sites"][site]
+    ct_grid = make_grid(grid_spec(priors, size, site, "ct"), rng, centre)
+    mr_grid = make_grid(grid_spec(priors, size, site, "mr"), rng, centre)  # T1, T2, T1c share it
+    pet_grid = make_grid(grid_spec(priors, size, site, "pet"), rng, centre)
     muscle = draw(priors["sequences"]["mr_muscle_signal"], rng)
     snr, bias = draw(st["mr"]["snr"], rng), draw(st["mr"]["bias_amplitude"], rng)
     out = [
@@ -188,4 +196,25 @@ def acquisitions(
             scale=bqml_per_suv,
         )
     )
+    if t1c:
+        t1 = out[1]  # the T1 it repeats after gadolinium
+        out.append(
+            Acquisition(
+                name="MR_T1C",
+                modality="MR",
+                key="t1c",
+                series_number=6,
+                grid=mr_grid,
+                psf_fwhm_mm=t1.psf_fwhm_mm,
+                noise="rician",
+                noise_level=snr,
+                scale=muscle,
+                bias_amplitude=bias,
+                tags={
+                    **t1.tags,
+                    "description": st["mr"]["t1c_desc"],
+                    "contrast": priors["contrast"],
+                },
+            )
+        )
     return out

@@ -27,14 +27,43 @@ def load_priors(path: str | os.PathLike[str] | None = None) -> Priors:
         with open(path, encoding="utf-8") as handle:
             text = handle.read()
     priors = yaml.safe_load(text)
-    priors["entities"] = {name: _resolve(name, priors["entities"]) for name in priors["entities"]}
+    entities = _apply_confounders(priors.get("confounders", {}), priors["entities"])
+    priors["entities"] = {name: _resolve(name, entities) for name in entities}
     return priors
+
+
+DISTRIBUTION_KEYS = frozenset({"range", "mode", "mean", "sd", "choices"})
+
+
+def _is_leaf(value: Any) -> bool:
+    """A distribution spec (``{range, mode}``, ``{choices}``...) is replaced whole, never merged."""
+    return not isinstance(value, Mapping) or bool(DISTRIBUTION_KEYS & set(value))
+
+
+def _apply_confounders(
+    confounders: Mapping[str, Any], entities: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Merge each enabled confounder's per-entity overrides into the raw entities (before
+    ``inherit`` is resolved, so children inherit them); ``"*"`` targets every entity."""
+    out = {name: copy.deepcopy(dict(spec)) for name, spec in entities.items()}
+    for name, confounder in (confounders or {}).items():
+        if not confounder.get("enabled", False):
+            continue
+        for target, override in confounder.get("entities", {}).items():
+            names = list(out) if target == "*" else [target]
+            unknown = [n for n in names if n not in out]
+            if unknown:
+                raise ConfigError(f"priors: confounder {name!r} targets unknown entity {unknown}")
+            for entity in names:
+                out[entity] = _merge(out[entity], override)
+    return out
 
 
 def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(dict(base))
     for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key != "location":
+        mergeable = not _is_leaf(value) and not _is_leaf(out.get(key))
+        if mergeable and key != "location":
             # components / clinical: override per field, keep the parent's other fields
             out[key] = _merge(out[key], value)
         else:
