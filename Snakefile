@@ -46,4 +46,9 @@ rule all:
         IBSI_TARGETS,
         expand("results/tables/{table}.{ext}", table=MODEL_TABLES, ext=TABLE_FORMATS),
         expand("results/tables/cohort.{ext}", ext=TABLE_FORMATS),
-        expand("results/figures/roc_{task}.{ext}", task=TASKS, ext=FIGURE_FORMATS),
+        expand(
+            "results/figures/{figure}_{task}.{ext}",
+            figure=FIGURES,
+            task=TASKS,
+            ext=FIGURE_FORMATS,
+        ),

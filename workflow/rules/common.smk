@@ -9,6 +9,7 @@ from snakemake.utils import validate
 from calcirad.errors import ConfigError
 from calcirad.sheet import CLINICAL_COLUMNS, check_sheet, read_sheet
 from calcirad.steps.common import code_version
+from calcirad.steps.report import FIGURES
 from calcirad.tables import config_hash
 
 validate(config, "../schemas/config.schema.yaml")
@@ -42,6 +43,7 @@ MODELS = list(config["model"]["models"])
 MODEL_TABLES = ["performance", "model_comparison", "top_features"]
 TABLE_FORMATS = ["csv", "md", "tex"]
 FIGURE_FORMATS = ["png", "svg"]
+
 
 missing_radiomics = [m for m in MODALITIES if m not in config["radiomics"]]
 if missing_radiomics:

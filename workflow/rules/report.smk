@@ -62,8 +62,12 @@ rule figures:
         ),
     output:
         report(
-            expand("results/figures/roc_{{task}}.{ext}", ext=FIGURE_FORMATS),
-            caption="../report/roc.rst",
+            expand(
+                "results/figures/{figure}_{{task}}.{ext}",
+                figure=FIGURES,
+                ext=FIGURE_FORMATS,
+            ),
+            caption="../report/figures.rst",
             category="Figures",
         ),
     log:

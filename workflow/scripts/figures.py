@@ -9,5 +9,5 @@ with job_log(snakemake.log[0]):
     write_figures(
         results=list(snakemake.input),
         task=snakemake.wildcards.task,
-        out_stem=Path(snakemake.output[0]).with_suffix(""),
+        out_dir=Path(snakemake.output[0]).parent,
     )

@@ -193,9 +193,10 @@ def anchor(body: Body, name: str, side: int, rng: np.random.Generator) -> tuple[
         "gluteal_muscle": (np.array([s * (body.hip_span + 5), 0.55 * b, 10.0]), (0.0, 0.0, 0.0)),
         "anterior_thigh": (np.array([tx, -0.45 * try_, thigh_z]), (0.0, 0.0, 0.0)),
         "adductor": (np.array([tx - s * 0.45 * trx, 0.1 * try_, thigh_z]), (0.0, 0.0, 0.0)),
+        # anterolateral to the hip joint, outside the capsule (near, not in, the joint)
         "juxta_articular": (
-            head + np.array([s * 10.0, -(body.head_r + 12.0), -10.0]),
-            _unit((s * 0.2, -1.0, -0.2)),
+            head + np.array([s * (body.head_r + 12.0), -0.5 * body.head_r, -25.0]),
+            _unit((s * 0.85, -0.5, -0.15)),
         ),
         "periarticular_hip": (
             troch + np.array([s * 14.0, rng.uniform(-15, 15), rng.uniform(-10, 20)]),

@@ -88,8 +88,20 @@ def write_cohort_table(
     return table
 
 
-def write_figures(*, results: list[str | Path], task: str, out_stem: str | Path) -> list[Path]:
-    """ROC curves (with bootstrap bands) of every feature set and model of one task."""
-    from calcirad.figures import roc_figure
+FIGURES = ("roc", "calibration", "confusion", "importance")
 
-    return roc_figure([read_json(p) for p in results], task=task, out_stem=Path(out_stem))
+
+def write_figures(*, results: list[str | Path], task: str, out_dir: str | Path) -> list[Path]:
+    """ROC (with bootstrap bands), calibration, confusion and importance figures of one task.
+
+    Files: ``out_dir/{figure}_{task}.png`` and ``.svg`` for each figure in FIGURES; confusion
+    and importance show the task's best-AUC feature set and model.
+    """
+    from calcirad import figures
+
+    loaded = [read_json(p) for p in results]
+    written: list[Path] = []
+    for name in FIGURES:
+        draw = getattr(figures, f"{name}_figure")
+        written += draw(loaded, task=task, out_stem=Path(out_dir) / f"{name}_{task}")
+    return written
