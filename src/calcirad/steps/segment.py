@@ -73,7 +73,8 @@ def _auto_ct_mask(
 
 
 def _lesion_count(mask: sitk.Image) -> int:
-    return int(sitk.GetArrayViewFromImage(sitk.ConnectedComponent(mask > 0)).max())
+    # GetArrayFromImage (a copy): a view of the temporary component image would dangle.
+    return int(sitk.GetArrayFromImage(sitk.ConnectedComponent(mask > 0)).max())
 
 
 def run_segment(
