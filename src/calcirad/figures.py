@@ -231,3 +231,12 @@ def importance_figure(
         )
         ax.set_title(f"{task}\n{_label(result)}")
         return _save(fig, out_stem)
+
+
+def message_figure(text: str, *, out_stem: Path) -> list[Path]:
+    """A figure that says why there is nothing to plot (e.g. no model could be estimated)."""
+    fig = _new_figure((5.0, 2.0))
+    ax = fig.add_subplot()
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return _save(fig, out_stem)

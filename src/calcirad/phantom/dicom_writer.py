@@ -88,7 +88,11 @@ def _base(study: Study, acq: Acquisition, when: dt.datetime) -> Dataset:
     ds.PatientAge = study.identity.age
     ds.PatientWeight = f"{study.weight_kg:.1f}"
     ds.PatientSize = f"{study.height_m:.2f}"
-    ds.PatientPosition = "HFS"
+    if acq.modality != "PT":
+        # PET carries the NM/PET Patient Orientation module instead: the standard forbids
+        # PatientPosition beside PatientOrientationCodeSequence (dciodvfy error); dcm2niix then
+        # warns "Patient Position (0018,5100) not specified", harmless for axial images
+        ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = study.study_uid
     ds.SeriesInstanceUID = uid(study.uid_seed, "series", acq.name)
     ds.StudyID = "1"

@@ -7,9 +7,13 @@ matching spacing tuple (mm), so morphology can be written once in physical units
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 
 def array_spacing(image: sitk.Image) -> tuple[float, float, float]:
@@ -95,6 +99,87 @@ def touches_border(bbox: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
 def extent_mm(bbox: tuple[slice, ...], spacing: tuple[float, ...]) -> float:
     """Largest edge (mm) of a bounding box, measured between outer voxel faces."""
     return max((s.stop - s.start) * sp for s, sp in zip(bbox, spacing, strict=True))
+
+
+def in_plane_structure(axis: int, *, diagonal: bool = False) -> np.ndarray:
+    """3x3x3 connectivity that links voxels within the planes perpendicular to ``axis`` only.
+
+    Labelling a volume with it labels every slice on its own in one call. 4-connected in-plane by
+    default: a marrow cavity does not leak through a cortex drawn with diagonal steps.
+    """
+    plane = np.ones((3, 3), bool) if diagonal else ndimage.generate_binary_structure(2, 1)
+    structure = np.zeros((3, 3, 3), bool)
+    index = [slice(None)] * 3
+    index[axis] = 1
+    structure[tuple(index)] = plane
+    return structure
+
+
+def shell_envelope(shell: np.ndarray, axis: int, *, min_voxels: int = 6) -> np.ndarray:
+    """Union of the in-plane convex hulls of each 2D component of ``shell`` (slice by slice).
+
+    The cross-section of a bone is convex or nearly so: its hull closes gaps in a thin or eroded
+    cortex with a chord, and anything bulging out of the bone outline (a mass eroding it) falls
+    outside. Components smaller than ``min_voxels`` are ignored.
+    """
+    moved = np.moveaxis(shell, axis, 0)
+    out = np.zeros(moved.shape, bool)
+    for k, plane in enumerate(moved):
+        if not plane.any():
+            continue
+        labels, _ = ndimage.label(plane, structure=np.ones((3, 3), bool))
+        for n, bbox in enumerate(ndimage.find_objects(labels), start=1):
+            points = np.argwhere(labels[bbox] == n)
+            if len(points) < min_voxels:
+                continue
+            try:
+                hull = ConvexHull(points)
+            except QhullError:  # collinear: a straight segment has no interior
+                continue
+            shape = labels[bbox].shape  # the tight box of the component
+            grid = np.indices(shape).reshape(2, -1).T
+            # Facet equations: normal . x + offset <= 0 inside; half a voxel of tolerance.
+            inside = (grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 0.5).all(axis=1)
+            out[k][bbox] |= inside.reshape(shape)
+    return np.moveaxis(out, 0, axis)
+
+
+def label_maximum(values: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """Maximum of ``values`` per label 0..count (-inf where a label is absent).
+
+    Same as ``ndimage.maximum(values, labels, range(count + 1))`` without its full sort.
+    """
+    out = np.full(count + 1, -np.inf)
+    inside = labels > 0
+    np.maximum.at(out, labels[inside], values[inside])
+    return out
+
+
+_MEDIAN_CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
+_MEDIAN_CACHE_SIZE = 2
+
+
+def array_key(array: np.ndarray, *extra: object) -> tuple:
+    """Hashable key of an array's content (digest, shape, dtype) plus ``extra`` values."""
+    digest = hashlib.blake2b(np.ascontiguousarray(array).view(np.uint8), digest_size=16)
+    return (digest.hexdigest(), array.shape, str(array.dtype), *extra)
+
+
+def median3(array: np.ndarray) -> np.ndarray:
+    """3x3x3 median filter, memoised: segmentation and extension both need it on the same CT.
+
+    Returns a read-only array (callers share it).
+    """
+    key = array_key(array)
+    if key in _MEDIAN_CACHE:
+        _MEDIAN_CACHE.move_to_end(key)
+        return _MEDIAN_CACHE[key]
+    result = ndimage.median_filter(array, size=3)
+    result.setflags(write=False)
+    _MEDIAN_CACHE[key] = result
+    while len(_MEDIAN_CACHE) > _MEDIAN_CACHE_SIZE:
+        _MEDIAN_CACHE.popitem(last=False)
+    return result
 
 
 MAX_LABELS = 255  # uint8 label maps

@@ -41,13 +41,18 @@ from scipy import ndimage
 
 from calcirad.errors import ConfigError, SubjectInputError
 from calcirad.segment._grid import (
+    array_key,
     array_spacing,
     ball,
     closing,
     extent_mm,
     fill_holes,
+    in_plane_structure,
+    label_maximum,
+    median3,
     opening,
     relabel_by_size,
+    shell_envelope,
     slice_axis,
     to_image,
     touches_border,
@@ -84,6 +89,8 @@ class ThresholdParams:
     min_skeleton_mm: float = 150.0  # shells this long are skeleton even inside the field of view
     min_isolated_bone_mm: float = 40.0  # shorter isolated shells are never bone
     marrow_min_hu: float = 90.0  # median HU inside an isolated bone (marrow 100-300; MO core < 50)
+    marrow_max_hu: float = 400.0  # above: calcific matrix (sediment, lobules), not marrow
+    marrow_wall_fraction: float = 0.5  # marrow-density region walled at least this much by cortex
     marrow_closing_mm: float = 3.0  # seals the few-mm marrow of flat bones (acetabulum, pelvis)
     max_marrow_radius_mm: float = 30.0  # deeper enclosed regions are body cavities, not marrow
     bone_margin_mm: float = 2.5  # partial-volume rim of the cortex (about one voxel)
@@ -159,6 +166,9 @@ def threshold_components(ct: sitk.Image, params: Mapping[str, Any]) -> sitk.Imag
     return to_image(relabel_by_size(labels), ct)
 
 
+_BONE_CACHE: dict[tuple, np.ndarray] = {}
+
+
 def find_bone(
     hu: np.ndarray,
     *,
@@ -170,18 +180,43 @@ def find_bone(
 
     ``hu`` is numpy (k, j, i) with ``spacing`` (mm) in that order; ``axis`` is the numpy axis
     closest to the patient's z (see ``slice_axis``). See the module docstring for the method.
+    The result is read-only and memoised (segmentation and extension ask for the same CT).
     """
     p = params or ThresholdParams()
+    key = array_key(hu, tuple(spacing), axis, p)
+    if key not in _BONE_CACHE:
+        bone = _find_bone(hu, spacing=spacing, axis=axis, params=p)
+        bone.setflags(write=False)
+        _BONE_CACHE.clear()  # one CT at a time
+        _BONE_CACHE[key] = bone
+    return _BONE_CACHE[key]
+
+
+def _find_bone(
+    hu: np.ndarray,
+    *,
+    spacing: tuple[float, float, float],
+    axis: int,
+    params: ThresholdParams,
+) -> np.ndarray:
+    p = params
     dense = hu >= p.cortex_hu
     # Optionally close the gaps of speckled calcification, which the opening would otherwise
     # dissolve like thin cortex. Off by default: it also fuses the two cortices of flat bones.
     grains = closing(dense, p.grain_closing_mm, spacing) if p.grain_closing_mm > 0 else dense
     thick = opening(grains, p.max_cortex_mm / 2.0, spacing) & (hu >= p.threshold_hu)
-    shell = _skeletal_shell(dense & ~thick, hu, spacing=spacing, axis=axis, params=p)
+    smooth = median3(hu)
+    shell = _skeletal_shell(dense & ~thick, hu, thick=thick, spacing=spacing, axis=axis, params=p)
     if not shell.any():
         return shell
+    envelope = shell_envelope(shell, axis)
     marrow = _enclosed_marrow(shell, thick, spacing=spacing, axis=axis, params=p) & ~thick
-    marrow |= _exposed_marrow(hu, marrow, thick=thick, spacing=spacing, params=p)
+    marrow |= _walled_marrow(smooth, shell, thick=thick, spacing=spacing, axis=axis, params=p)
+    marrow &= envelope
+    shell = _drop_lesion_shells(
+        shell, marrow, hu, thick=thick, spacing=spacing, axis=axis, params=p
+    )
+    marrow |= _exposed_marrow(hu, marrow, thick=thick, spacing=spacing, params=p) & envelope
     core = shell | marrow
     if marrow.any():
         core |= _cortex_under_lesions(dense & thick, marrow, shell=shell, spacing=spacing, params=p)
@@ -193,26 +228,35 @@ def _skeletal_shell(
     shell: np.ndarray,
     hu: np.ndarray,
     *,
+    thick: np.ndarray,
     spacing: tuple[float, float, float],
     axis: int,
     params: ThresholdParams,
 ) -> np.ndarray:
     """Thin dense components that are skeleton.
 
-    Skeleton leaves the field of view or is very long (``min_skeleton_mm``). A bone cut off from
-    the rest by a mass that replaced part of it (an isolated ischium) still counts when it is at
-    least ``min_isolated_bone_mm`` long and encloses marrow-density content (median >=
-    ``marrow_min_hu``), which tells it from the soft or fatty core of myositis ossificans.
+    Skeleton is very long (``min_skeleton_mm``). A shorter shell is bone only when it encloses
+    marrow-density content (median within ``marrow_min_hu``-``marrow_max_hu``, lesion material
+    not counted), which tells it from the soft or fatty core of myositis ossificans and from the
+    calcified content of a lobulated mass: a bone cut off by the field of view (a femoral shaft
+    at the bottom of the scan) at any length, and a bone cut off from the rest by a mass that
+    replaced part of it (an isolated ischium) when it is at least ``min_isolated_bone_mm`` long.
+    A calcified mass shell that leaves the field of view is therefore still a lesion.
     """
     labels, count = ndimage.label(shell, structure=np.ones((3, 3, 3), bool))
     keep = np.zeros(count + 1, bool)
     for n, bbox in enumerate(ndimage.find_objects(labels), start=1):
         length = extent_mm(bbox, spacing)
-        if touches_border(bbox, shell.shape) or length >= params.min_skeleton_mm:
+        if length >= params.min_skeleton_mm:
             keep[n] = True
-        elif length >= params.min_isolated_bone_mm:
+        elif touches_border(bbox, shell.shape) or length >= params.min_isolated_bone_mm:
             keep[n] = _encloses_marrow(
-                labels[bbox] == n, hu[bbox], spacing=spacing, axis=axis, params=params
+                labels[bbox] == n,
+                hu[bbox],
+                thick=thick[bbox],
+                spacing=spacing,
+                axis=axis,
+                params=params,
             )
     return keep[labels]
 
@@ -221,13 +265,86 @@ def _encloses_marrow(
     component: np.ndarray,
     hu: np.ndarray,
     *,
+    thick: np.ndarray,
     spacing: tuple[float, float, float],
     axis: int,
     params: ThresholdParams,
 ) -> bool:
     closed = closing(component, params.marrow_closing_mm, spacing)
-    inside = fill_holes(closed, axis) & ~component
-    return bool(inside.any()) and float(np.median(hu[inside])) >= params.marrow_min_hu
+    inside = fill_holes(closed, axis) & ~component & ~thick
+    if not inside.any():
+        return False
+    median = float(np.median(hu[inside]))
+    return params.marrow_min_hu <= median <= params.marrow_max_hu
+
+
+def _drop_lesion_shells(
+    shell: np.ndarray,
+    marrow: np.ndarray,
+    hu: np.ndarray,
+    *,
+    thick: np.ndarray,
+    spacing: tuple[float, float, float],
+    axis: int,
+    params: ThresholdParams,
+) -> np.ndarray:
+    """Skeletal shell minus the calcified lesion shells that merely touch a bone.
+
+    Cortex wraps marrow: shell farther than ``max_cortex_mm`` from any marrow is checked again.
+    A part that encloses soft tissue, fat or fluid (median below ``marrow_min_hu``: the core of
+    myositis ossificans or of a calcified haematoma lying on the femur, a fluid lobule of
+    tumoral calcinosis) is lesion; the rest (flat-bone cortex whose thin marrow was not found)
+    stays bone.
+    """
+    if not marrow.any():
+        return shell
+    far = shell & (ndimage.distance_transform_edt(~marrow, sampling=spacing) > params.max_cortex_mm)
+    labels, count = ndimage.label(far, structure=np.ones((3, 3, 3), bool))
+    drop = np.zeros(count + 1, bool)
+    for n, bbox in enumerate(ndimage.find_objects(labels), start=1):
+        if extent_mm(bbox, spacing) < 2 * params.max_cortex_mm:
+            continue
+        component = labels[bbox] == n
+        closed = closing(component, params.marrow_closing_mm, spacing)
+        inside = fill_holes(closed, axis) & ~shell[bbox] & ~thick[bbox]
+        if inside.sum() >= component.sum():
+            drop[n] = float(np.median(hu[bbox][inside])) < params.marrow_min_hu
+    return shell & ~drop[labels]
+
+
+def _walled_marrow(
+    smooth: np.ndarray,
+    shell: np.ndarray,
+    *,
+    thick: np.ndarray,
+    spacing: tuple[float, float, float],
+    axis: int,
+    params: ThresholdParams,
+) -> np.ndarray:
+    """Marrow-density regions walled mostly by skeletal cortex, slice by slice.
+
+    A thin cortex sampled on a 2 mm grid has gaps, and a mass that erodes a bone opens its cavity:
+    then nothing is topologically enclosed. A radiologist still reads the cavity as marrow: a
+    region of marrow density (``smooth``, 3x3x3 median HU, within ``marrow_min_hu`` and
+    ``cortex_hu``) whose in-plane outline is at least ``marrow_wall_fraction`` cortex. Lesion
+    material of that density (sediment, gout) is walled by fluid, soft tissue or calcification.
+    """
+    medium = (smooth >= params.marrow_min_hu) & (smooth < params.cortex_hu) & ~shell & ~thick
+    structure = in_plane_structure(axis)
+    labels, count = ndimage.label(medium, structure=structure)
+    if count == 0:
+        return medium
+    ring = ndimage.binary_dilation(medium, structure=structure) & ~medium
+    facing = ndimage.grey_dilation(labels, footprint=structure)[ring]
+    wall = np.bincount(facing, weights=shell[ring], minlength=count + 1)
+    outline = np.bincount(facing, minlength=count + 1)
+    walled = wall >= params.marrow_wall_fraction * np.maximum(outline, 1)
+    sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
+    depth = ndimage.distance_transform_edt(labels > 0, sampling=sampling)
+    shallow = label_maximum(depth, labels, count) <= params.max_marrow_radius_mm
+    keep = walled & shallow
+    keep[0] = False
+    return keep[labels]
 
 
 def _enclosed_marrow(
@@ -255,7 +372,7 @@ def _enclosed_marrow(
     sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
     depth = ndimage.distance_transform_edt(holes, sampling=sampling)
     index = np.arange(1, count + 1)
-    shallow = np.asarray(ndimage.maximum(depth, labels, index=index)) <= params.max_marrow_radius_mm
+    shallow = label_maximum(depth, labels, count)[1:] <= params.max_marrow_radius_mm
     # Wall voxels facing each hole (a wall voxel takes the label of a neighbouring hole).
     facing = np.where(wall, ndimage.grey_dilation(labels, size=(3, 3, 3)), 0)
     bony = ndimage.sum_labels(closed & ~thick, facing, index=index)
@@ -324,7 +441,7 @@ def _fluid(
     removes the one-voxel bands where fat and muscle average to fluid values; regions deeper in-plane
     than ``fluid_max_radius_mm`` are the bladder or large effusions, not lobules.
     """
-    smooth = ndimage.median_filter(hu, size=3)
+    smooth = median3(hu)
     fluid = (smooth >= params.fluid_min_hu) & (smooth <= params.fluid_max_hu) & ~bone
     fluid = opening(fluid, min(spacing) * 1.01, spacing)
     labels, count = ndimage.label(fluid)
@@ -332,8 +449,8 @@ def _fluid(
         return fluid
     sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
     depth = ndimage.distance_transform_edt(fluid, sampling=sampling)
-    max_depth = ndimage.maximum(depth, labels, index=np.arange(1, count + 1))
-    keep = np.concatenate([[False], np.asarray(max_depth) <= params.fluid_max_radius_mm])
+    keep = label_maximum(depth, labels, count) <= params.fluid_max_radius_mm
+    keep[0] = False
     return keep[labels]
 
 
@@ -390,7 +507,7 @@ def _drop_bone_rinds(
     if count == 0 or not bone.any():
         return candidates
     depth = ndimage.distance_transform_edt(candidates, sampling=spacing)
-    max_depth = ndimage.maximum(depth, labels, index=np.arange(1, count + 1))
+    max_depth = label_maximum(depth, labels, count)[1:]
     touching = np.zeros(count + 1, bool)
     touching[np.unique(labels[ndimage.binary_dilation(bone) & candidates])] = True
     rind = touching[1:] & (max_depth < params.rind_depth_mm)

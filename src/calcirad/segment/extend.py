@@ -23,7 +23,14 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from calcirad.errors import SubjectInputError
-from calcirad.segment._grid import array_spacing, ball, mask_array, slice_axis, to_image
+from calcirad.segment._grid import (
+    array_spacing,
+    ball,
+    mask_array,
+    median3,
+    slice_axis,
+    to_image,
+)
 from calcirad.segment.ct import ThresholdParams, find_bone
 
 
@@ -62,7 +69,7 @@ def muscle_reference_mask(
     fat and bone. Carry it onto an MR grid to get a lesion-to-muscle ratio. Raises
     ``SubjectInputError`` if no muscle is found.
     """
-    hu = ndimage.median_filter(sitk.GetArrayFromImage(ct).astype(np.float32), size=3)
+    hu = median3(sitk.GetArrayFromImage(ct).astype(np.float32))
     spacing = array_spacing(ct)
     distance = ndimage.distance_transform_edt(~mask_array(lesion), sampling=spacing)
     candidate = (hu >= hu_range[0]) & (hu <= hu_range[1])
@@ -94,7 +101,7 @@ def extend_mask(
     hu = sitk.GetArrayFromImage(ct).astype(np.float32)
     allowed = ~find_bone(hu, spacing=spacing, axis=slice_axis(ct), params=ThresholdParams())
     # Fat is bright on T2 and air is nothing: a lesion part is soft tissue or fluid on CT.
-    allowed &= ndimage.median_filter(hu, size=3) >= p.min_soft_tissue_hu
+    allowed &= median3(hu) >= p.min_soft_tissue_hu
     allowed &= ndimage.distance_transform_edt(~core, sampling=spacing) <= p.max_extension_mm
     extended, sources = core.copy(), ["ct"]
     for modality in ("t2", "pet"):

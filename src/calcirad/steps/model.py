@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from calcirad.errors import ConfigError
 from calcirad.model import comparison_table, evaluate, performance_table, top_features_table
 from calcirad.steps.common import log, read_json, write_json
 from calcirad.tables import write_table
@@ -39,22 +40,42 @@ def run_model(
     label_series = pd.Series(labels, name="label").sort_index()
     # Subjects that failed upstream have no features row; they are excluded, and counted.
     label_series = label_series[label_series.index.isin(features.index)]
-    result = evaluate(
-        features=features.loc[label_series.index],
-        labels=label_series,
-        task=task,
-        feature_set=feature_set,
-        model=model,
-        cv=settings["cv"],
-        seed=settings["seed"],
-        sites=pd.Series(sites).loc[label_series.index] if settings["cv"]["group_by_site"] else None,
-        clinical=_clinical_frame(clinical),
-        missing=settings["missing"],
-        n_permutations=settings["n_permutations"],
-    )
-    log.info(
-        "%s / %s / %s: n=%s AUC=%.3f", task, feature_set, model, result["n_subjects"], result["auc"]
-    )
+    try:
+        result = evaluate(
+            features=features.loc[label_series.index],
+            labels=label_series,
+            task=task,
+            feature_set=feature_set,
+            model=model,
+            cv=settings["cv"],
+            seed=settings["seed"],
+            sites=(
+                pd.Series(sites).loc[label_series.index]
+                if settings["cv"]["group_by_site"]
+                else None
+            ),
+            clinical=_clinical_frame(clinical),
+            missing=settings["missing"],
+            n_permutations=settings["n_permutations"],
+        )
+        log.info("%s / %s / %s: n=%s AUC=%s", task, feature_set, model, result["n_subjects"],
+                 result["auc"])  # fmt: skip
+    except ConfigError as error:
+        # Too few subjects of a class for this row's cross-validation (often after exclusions):
+        # the row says so in the tables instead of failing the whole run.
+        log.error("%s / %s / %s not estimable: %s", task, feature_set, model, error)
+        result = {
+            "task": task,
+            "feature_set": feature_set,
+            "model": model,
+            "missing": settings["missing"],
+            "n_subjects": int(label_series.size),
+            "auc": None,
+            "status": "not_estimable",
+            "warnings": [f"not estimable: {error}"],
+            "predictions": [],
+            "top_features": [],
+        }
     write_json(out_json, result)
     return result
 
@@ -64,6 +85,7 @@ def write_model_tables(
 ) -> dict[str, pd.DataFrame]:
     """performance, model_comparison and top_features tables as CSV + Markdown + LaTeX."""
     loaded = [read_json(path) for path in results]
+    estimable = [result for result in loaded if result.get("predictions")]
     tables_dir = Path(tables_dir)
     made = {
         "performance": (
@@ -71,11 +93,11 @@ def write_model_tables(
             "Cross-validated performance (outer folds of nested, repeated, stratified CV).",
         ),
         "model_comparison": (
-            comparison_table(loaded),
+            comparison_table(estimable),
             "AUC difference of each feature set against the conventional measures.",
         ),
         "top_features": (
-            top_features_table(loaded),
+            top_features_table(estimable),
             "Features most often selected over outer folds, with mean importance.",
         ),
     }

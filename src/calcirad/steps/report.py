@@ -99,9 +99,14 @@ def write_figures(*, results: list[str | Path], task: str, out_dir: str | Path) 
     """
     from calcirad import figures
 
-    loaded = [read_json(p) for p in results]
+    estimable = [r for r in (read_json(p) for p in results) if r.get("predictions")]
     written: list[Path] = []
     for name in FIGURES:
+        out_stem = Path(out_dir) / f"{name}_{task}"
+        if not estimable:
+            message = f"No model could be estimated for {task}:\nsee the performance table."
+            written += figures.message_figure(message, out_stem=out_stem)
+            continue
         draw = getattr(figures, f"{name}_figure")
-        written += draw(loaded, task=task, out_stem=Path(out_dir) / f"{name}_{task}")
+        written += draw(estimable, task=task, out_stem=out_stem)
     return written
