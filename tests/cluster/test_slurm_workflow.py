@@ -2,8 +2,9 @@
 
 `snakemake --profile profiles/slurm-test` (profiles/slurm with requests shrunk to the 2-CPU test
 node) must run every job as a SLURM job, per-subject jobs grouped, and give the same tables as
-`--cores 2` locally. The cohort is small (6 subjects, CT + PET) because every SLURM job and every
-group member costs about 10 s of scheduler and Snakemake start-up on this node.
+`--cores 2` locally. The cohort is small (9 subjects, 3 per label, CT + PET: the fewest that
+nested 3-fold outer / 2-fold inner CV accepts) because every SLURM job and every group member
+costs about 10 s of scheduler and Snakemake start-up on this node.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _run(command: list[str], *, log: Path, env: dict | None = None) -> tuple[int
 @pytest.fixture(scope="module")
 def runs(slurm: dict, tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("slurm_workflow")
-    cohort = write_cohort(n=6, seed=11, out=base / "cohort", size="demo", jobs=2)
+    cohort = write_cohort(n=9, seed=11, out=base / "cohort", size="demo", jobs=2)
     config = {
         "samples": str(cohort / "samples.tsv"),
         "truth": str(cohort / "truth"),
@@ -59,7 +60,7 @@ def runs(slurm: dict, tmp_path_factory) -> dict:
             "tasks": ["tc_vs_mimics"],
             "feature_sets": ["ct", "pet"],
             "models": ["logreg_elasticnet"],
-            "cv": {"outer_folds": 2, "outer_repeats": 1, "inner_folds": 2, "bootstrap": 200},
+            "cv": {"outer_folds": 3, "outer_repeats": 1, "inner_folds": 2, "bootstrap": 200},
         },
     }
     config_path = base / "config.yaml"
@@ -92,7 +93,7 @@ def test_every_job_ran_as_a_grouped_slurm_job(runs, slurm):
     )
     assert submitted, log[-3000:]
     assert len(set(submitted)) == len(submitted)
-    # Grouping: 6 subjects x 6 per-subject jobs went into ceil(6 / 5) = 2 SLURM jobs, so the
+    # Grouping: 9 subjects x 6 per-subject jobs went into ceil(9 / 5) = 2 SLURM jobs, so the
     # SLURM jobs are far fewer than the Snakemake jobs (`all` is the only local one).
     assert len(submitted) < snakemake_jobs - 20, (len(submitted), snakemake_jobs)
     ctld = slurm["ctld_log"].read_text()
