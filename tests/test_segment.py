@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from calcirad.errors import ConfigError, SubjectInputError
 from calcirad.segment import (
@@ -25,7 +26,13 @@ from calcirad.segment import (
     segmentation_metrics,
     select_lesions,
 )
-from calcirad.segment._grid import array_spacing, slice_axis
+from calcirad.segment._grid import (
+    array_spacing,
+    enclosing_directions,
+    label_maximum,
+    label_median,
+    slice_axis,
+)
 from calcirad.segment.extend import extend_mask, muscle_reference_mask
 from calcirad.segment.masks import read_mask_file
 
@@ -594,3 +601,161 @@ def test_muscle_reference_is_muscle_near_the_lesion(osteosarcoma):
     assert muscle.sum() > 1000
     assert not (muscle & (sitk.GetArrayViewFromImage(whole) > 0)).any()
     assert 35 <= np.median(hu[muscle]) <= 65
+
+
+# --------------------------------------------------------------------------- bone vs lesion edge cases
+
+
+def _femur_case(seed, size=(150, 110, 40)):
+    """Body with both femora (marrow 200 HU: above the calcification threshold); (x, y, z, hu...)."""
+    rng = np.random.default_rng(seed)
+    x, y, z, origin = _grid(size=size)
+    z = z - 60.0  # shafts only: the slab sits below the femoral necks
+    origin = (origin[0], origin[1], origin[2] - 60.0)
+    hu = _body(x, y, z, rng)
+    bone = np.zeros(hu.shape, bool)
+    marrow = np.zeros(hu.shape, bool)
+    for side in (-1, 1):
+        outer, inner = _femur(x, y, z, side)
+        hu[outer & ~inner] = 1300.0
+        hu[inner] = 200.0
+        bone |= outer
+        marrow |= inner
+    return rng, x, y, z, origin, hu, bone, marrow
+
+
+def test_gappy_cortex_still_encloses_marrow():
+    """A thin cortex sampled with gaps (partial volume) still holds its marrow: no lesion."""
+    rng, x, y, z, origin, hu, bone, marrow = _femur_case(21)
+    cortex = bone & ~marrow
+    # Knock out three short bands of the right shaft's cortex (2-3 voxels wide).
+    for angle in (0.3, 2.2, 4.0):
+        band = cortex & (x < 0) & (np.abs(np.arctan2(y, x + 95) % (2 * np.pi) - angle) < 0.18)
+        hu[band & (np.abs(z + 60) < 25)] = 200.0
+    with pytest.raises(SubjectInputError, match="no lesion above threshold"):
+        segment_ct(_to_image(hu, origin, rng=rng))
+
+
+def test_fluid_lobule_eroding_the_femur_leaves_its_marrow_out():
+    rng, x, y, z, origin, hu, bone, marrow = _femur_case(22)
+    centre = (-95 - 14 - 10 + 6, 0, -60)  # sinks 6 mm into the right shaft
+    capsule = _sphere(x, y, z, centre, 13)
+    hu[capsule] = 800.0
+    hu[_sphere(x, y, z, centre, 10)] = 12.0
+    ct = _to_image(hu, origin, rng=rng)
+    mask = select_lesions(segment_ct(ct), policy="largest")
+    # The capsule wall within a cortical thickness of the marrow stays bone (it reads as cortex).
+    assert segmentation_metrics(mask, _mask_image(capsule, ct))["dice"] >= 0.7
+    inside = sitk.GetArrayViewFromImage(mask) > 0
+    assert (inside & marrow & ~capsule).sum() <= 0.02 * (marrow & (x < 0)).sum()
+
+
+def test_tophus_eroding_the_femur_is_lesion_not_marrow():
+    """A 180 HU tophus has marrow density; it bulges out of the bone outline, marrow does not."""
+    rng, x, y, z, origin, hu, bone, marrow = _femur_case(23)
+    tophus = _sphere(x, y, z, (-95 - 14 - 12 + 4, 0, -60), 12)
+    hu[tophus] = 180.0
+    ct = _to_image(hu, origin, rng=rng)
+    mask = select_lesions(segment_ct(ct), policy="largest")
+    assert segmentation_metrics(mask, _mask_image(tophus, ct))["dice"] >= 0.7
+    inside = sitk.GetArrayViewFromImage(mask) > 0
+    assert (inside & marrow & ~tophus).sum() <= 0.02 * (marrow & (x < 0)).sum()
+
+
+def test_myositis_shell_on_the_femur_is_lesion():
+    """A calcified shell with a fatty core lying on the femur is not taken for skeleton."""
+    rng, x, y, z, origin, hu, bone, marrow = _femur_case(24)
+    centre = (-95 + 14 + 24, 0, -60)  # medial to the right shaft, touching it
+    outer = _sphere(x, y, z, centre, 25) & ~bone
+    hu[outer] = 900.0
+    hu[_sphere(x, y, z, centre, 21)] = -20.0
+    ct = _to_image(hu, origin, rng=rng)
+    mask = select_lesions(segment_ct(ct), policy="largest")
+    assert segmentation_metrics(mask, _mask_image(outer, ct))["dice"] >= 0.85
+    assert ((sitk.GetArrayViewFromImage(mask) > 0) & bone).sum() <= 0.02 * outer.sum()
+
+
+def test_calcified_shell_leaving_the_field_of_view_is_lesion():
+    """A shell cut by the edge of the scan is bone only if it holds marrow; this one holds fat."""
+    rng = np.random.default_rng(25)
+    x, y, z, origin = _grid(size=(80, 70, 30))
+    hu = _body(x, y, z, rng)
+    centre = (10, 5, 30)  # the top slices cut through the shell
+    outer = _sphere(x, y, z, centre, 24)
+    hu[outer] = 900.0
+    hu[_sphere(x, y, z, centre, 20)] = -30.0
+    ct = _to_image(hu, origin, rng=rng)
+    assert segmentation_metrics(segment_ct(ct), _mask_image(outer, ct))["dice"] >= 0.85
+
+
+def test_find_bone_is_memoised_and_read_only(tc_case):
+    ct, _, _ = tc_case
+    hu = sitk.GetArrayFromImage(ct)
+    first = find_bone(hu, spacing=array_spacing(ct), axis=slice_axis(ct))
+    again = find_bone(hu.copy(), spacing=array_spacing(ct), axis=slice_axis(ct))
+    assert again is first and not first.flags.writeable
+
+
+# --------------------------------------------------------------------------- grid helpers
+
+
+def test_label_median_and_maximum_match_ndimage():
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(12, 13, 14))
+    labels = rng.integers(0, 6, size=values.shape)
+    labels[labels == 4] = 0  # an absent label
+    index = np.arange(1, 6)
+    expected = np.asarray(ndimage.median(values, labels, index=index), float)
+    got = label_median(values, labels, 5)[1:]
+    assert np.allclose(got[[0, 1, 2, 4]], expected[[0, 1, 2, 4]]) and np.isnan(got[3])
+    assert np.allclose(
+        label_maximum(values, labels, 5)[[1, 2, 3, 5]],
+        ndimage.maximum(values, labels, index=[1, 2, 3, 5]),
+    )
+
+
+def test_enclosing_directions_sees_a_ring_with_a_gap():
+    jj, ii = np.mgrid[:21, :21]
+    r = np.hypot(jj - 10, ii - 10)
+    ring = (r >= 7) & (r < 8.5)
+    ring[10, 17:] = False  # a gap on the right
+    inside = (r < 7) | (~ring & (r < 8.5))
+    outside_blob = (np.abs(jj - 10) <= 1) & (ii >= 18)  # marrow density leaking out of the gap
+    inside |= outside_blob
+    count = enclosing_directions(inside[None], ring[None], 0, reach_voxels=30)[0]
+    assert count[10, 10] >= 7  # centre: only the ray through the gap escapes
+    assert count[10, 19] <= 3  # outside the ring: most rays end in the background
+
+
+# --------------------------------------------------------------------------- extension reach and bladder
+
+
+def test_extension_reaches_a_large_solid_mass_and_stops_at_the_bladder():
+    """Sarcoma (r 45 mm) with one small calcification at its edge, pressing on the bladder."""
+    rng = np.random.default_rng(26)
+    x, y, z, origin = _grid(size=(120, 100, 40))
+    hu = _body(x, y, z, rng)
+    bladder = _sphere(x, y, z, (-50, 0, 0), 30)
+    mass = _sphere(x, y, z, (35, 0, 0), 45) & ~bladder
+    calcification = _sphere(x, y, z, (65, 0, 0), 6)
+    hu[bladder] = 8.0
+    hu[mass] = rng.uniform(35, 55, mass.sum())
+    hu[calcification] = 900.0
+    ct = _to_image(hu, origin, rng=rng, noise=10)
+    body = hu > -500
+    t2 = np.where(body, 300.0, 5.0)
+    t2[hu < -50] = 700.0
+    t2[mass], t2[calcification], t2[bladder] = 750.0, 60.0, 1800.0
+    pet = np.where(body, 0.8, 0.0)
+    pet[mass], pet[calcification], pet[bladder] = 7.0, 3.0, 25.0
+    coarse = _rotated_reference((4.0, 4.0, 4.0), 0, size=(66, 56, 30))
+    images = {
+        name: sitk.Resample(_to_image(v, origin), coarse, sitk.Transform(), sitk.sitkLinear)
+        for name, v in (("t2", t2), ("pet", pet))
+    }
+    lesion = select_lesions(segment_ct(ct), policy="largest")
+    extended = extend_mask(ct, lesion, images=images)
+    assert extended.sources == ("ct", "t2", "pet")
+    assert segmentation_metrics(extended.mask, _mask_image(mass, ct))["dice"] >= 0.85
+    inside = sitk.GetArrayViewFromImage(extended.mask) > 0
+    assert (inside & bladder).sum() <= 0.02 * bladder.sum()

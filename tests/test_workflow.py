@@ -124,22 +124,30 @@ def run(tmp_path_factory) -> dict:
     }
 
 
-def _dicom_series(study: Path) -> dict[str, list[pydicom.Dataset]]:
-    """The phantom's series of one subject by modality, read independently of calcirad."""
-    by_modality: dict[str, list[pydicom.Dataset]] = {}
-    for path in sorted(study.rglob("*.dcm")):
-        ds = pydicom.dcmread(path)
-        key = {"CT": "ct", "PT": "pet", "MR": "mr"}[ds.Modality]
-        if key == "mr":
-            key = "t1" if float(ds.EchoTime) < 40 else "t2"
-        by_modality.setdefault(key, []).append(ds)
-    return by_modality
+def _chosen_series(run, subject: str) -> dict[str, list[pydicom.Dataset]]:
+    """The DICOM of each series the run chose for ``subject``, read independently of calcirad."""
+    inventory = pd.read_csv(run["results"] / "tables" / "series_inventory.csv", dtype=str)
+    chosen = inventory[(inventory.subject == subject) & (inventory.chosen == "True")]
+    study = Path(run["sheet"].set_index("subject").loc[subject, "dicom"])
+    return {
+        row.modality: [pydicom.dcmread(p) for p in sorted((study / row.folder).glob("*.dcm"))]
+        for row in chosen.itertuples()
+    }
+
+
+def test_series_are_classified_as_the_phantom_wrote_them(run):
+    inventory = pd.read_csv(run["results"] / "tables" / "series_inventory.csv", dtype=str)
+    chosen = inventory[inventory.chosen == "True"]
+    phantom = chosen[chosen.subject.isin(run["samples"].subject)]
+    expected = {"ct": "CT_2", "t1": "MR_T1_3", "t2": "MR_T2_4", "pet": "PET_5"}
+    assert dict(zip(phantom.modality, phantom.folder, strict=False)) == expected
+    assert len(phantom) == 4 * N_SUBJECTS
 
 
 def test_nifti_matches_dicom_geometry_and_values(run):
     subject = run["samples"].subject.iloc[0]
-    study = run["cohort"] / run["samples"].dicom.iloc[0]
-    series = _dicom_series(study)
+    series = _chosen_series(run, subject)
+    assert set(series) == {"ct", "t1", "t2", "pet"}
     for modality, datasets in series.items():
         image = nib.load(run["results"] / "nifti" / subject / f"{modality}.nii.gz")
         first = datasets[0]
@@ -149,17 +157,10 @@ def test_nifti_matches_dicom_geometry_and_values(run):
         # slices' ImagePositionPatient (LPS): flip x and y.
         positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
         positions_ras = positions * np.array([-1, -1, 1])
-        corners = (
-            image.affine
-            @ np.array(
-                [
-                    [0, 0, 0, 1],
-                    [0, image.shape[1] - 1, 0, 1],
-                    [image.shape[0] - 1, 0, 0, 1],
-                    [image.shape[0] - 1, image.shape[1] - 1, 0, 1],
-                ]
-            ).T
-        )
+        corners = image.affine @ np.array(
+            [[0, 0, 0, 1], [0, image.shape[1] - 1, 0, 1], [image.shape[0] - 1, 0, 0, 1],
+             [image.shape[0] - 1, image.shape[1] - 1, 0, 1]]
+        ).T  # fmt: skip
         nearest = np.min(np.linalg.norm(positions_ras[:, None, :] - corners[:3].T[None], axis=2))
         assert nearest < 0.01, f"{modality}: no slice origin within 0.01 mm of a volume corner"
     ct = nib.load(run["results"] / "nifti" / subject / "ct.nii.gz").get_fdata()

@@ -104,7 +104,7 @@ def _lobulated(lesion: Lesion, spec: dict, rng: np.random.Generator, ctx: dict) 
     for _ in range(n):
         r = min(draw(spec["lobule_r_mm"], rng), 0.5 * R)
         r = max(r, 2.5)
-        centre = _add(lesion.centre, _in_ball(rng, max(R - r - septa, 0.0)))
+        centre = _pack(lesion.centre, max(R - r - septa, 0.0), r, lobules, rng)
         u = rng.random()
         kind = "calc" if u < p_calc else ("ffl" if has_ffl and rng.random() < frac_ffl else "fluid")
         lobules.append([centre, r, kind])
@@ -113,7 +113,9 @@ def _lobulated(lesion: Lesion, spec: dict, rng: np.random.Generator, ctx: dict) 
         lobules[largest][2] = "ffl"
     for centre, r, _ in lobules:
         lesion.parts.append(Part(Ellipsoid(centre, (r + septa,) * 3), "septa"))
-    for centre, r, kind in lobules:
+    # contents in order of conspicuity: lobules overlap, and the largest sedimentation level must
+    # stay whole (painted last), as in the real multicystic mass where septa separate them
+    for centre, r, kind in sorted(lobules, key=lambda lob: (lob[2] == "ffl", lob[1])):
         info: dict[str, Any] = {"centre_mm": [round(v, 2) for v in centre], "r_mm": round(r, 2)}
         if kind == "calc":
             lesion.parts.append(Part(Ellipsoid(centre, (r,) * 3), "calc", rng.uniform(0.85, 1.15)))
@@ -128,6 +130,26 @@ def _lobulated(lesion: Lesion, spec: dict, rng: np.random.Generator, ctx: dict) 
             info["level_y_mm"] = round(centre[1] + offset, 2)
         info["kind"] = kind
         lesion.lobules.append(info)
+
+
+def _pack(centre: Vec, spread: float, r: float, lobules: list, rng: np.random.Generator) -> Vec:
+    """A lobule centre within ``spread`` of ``centre`` that overlaps the lobules already placed as
+    little as possible (best of a few tries): TC lobules are distinct cysts sharing septa."""
+    best, best_overlap = None, np.inf
+    for _ in range(12):
+        candidate = _add(centre, _in_ball(rng, spread))
+        overlap = max(
+            (
+                0.8 * (r + other_r) - np.linalg.norm(np.subtract(candidate, c))
+                for c, other_r, _ in lobules
+            ),
+            default=-1.0,
+        )
+        if overlap < best_overlap:
+            best, best_overlap = candidate, overlap
+        if overlap <= 0:
+            break
+    return best
 
 
 def _solid_mineralised(lesion: Lesion, spec: dict, rng: np.random.Generator, ctx: dict) -> None:
@@ -170,8 +192,8 @@ def _mineral(lesion: Lesion, spec: dict, rng: np.random.Generator, radii: Vec) -
     pattern = spec["mineral_pattern"]
     if pattern == "central_amorphous":
         spread = draw(spec["mineral_frac"], rng) * R
-        for _ in range(int(rng.integers(5, 16))):
-            r = max(2.0, rng.uniform(0.05, 0.15) * R)
+        for _ in range(draw_int(spec.get("n_mineral_blobs", [5, 15]), rng)):
+            r = max(2.0, draw(spec.get("mineral_blob_r_frac", [0.05, 0.15]), rng) * R)
             pos = _add(c, rng.normal(0.0, 0.5 * spread + 1e-6, 3))
             lesion.parts.append(Part(Ellipsoid(pos, (r,) * 3), "mineral", rng.uniform(0.7, 1.2)))
     elif pattern == "peripheral_punctate":
@@ -298,6 +320,32 @@ def _place(
     return anatomy.fit_inside(body, centre, R, z_bounds)
 
 
+def _overlap(centre: Vec, radius: float, other: Lesion) -> bool:
+    gap = np.linalg.norm(np.subtract(centre, other.centre))
+    return bool(gap < radius + other.radius_mm + 2.0)
+
+
+def _site(
+    spec: dict, body: anatomy.Body, location: str, side: int, R: float, rng, z_bounds: tuple
+) -> tuple[Vec, Vec, float, bool]:
+    """(grow direction, centre, radius, erosion) of a lesion of radius ``R`` at ``location``."""
+    point, direction = anatomy.anchor(body, location, side, rng)
+    erosion = chance(spec.get("p_bone_erosion", spec.get("p_erosion", 0.0)), rng)
+    # an eroding lesion sinks into the bone it abuts; a surface lesion sits on the cortex
+    sink = 0.1 if spec["morphology"] == "surface_ossified" else 0.3 if erosion else 0.0
+    if spec["morphology"] == "intraarticular":
+        centre = tuple(p + d * (R + 1.5) for p, d in zip(point, direction, strict=True))
+        return direction, centre, R, erosion
+    centre = _place(body, point, direction, R, sink, z_bounds)
+    # a lesion pulled inside the skin must not engulf the bladder: shrink it instead
+    for _ in range(10):
+        if anatomy.clear_of_bladder(centre, R):
+            break
+        R *= 0.85
+        centre = _place(body, point, direction, R, sink, z_bounds)
+    return direction, centre, R, erosion
+
+
 def build_lesions(
     *,
     subtype: str,
@@ -323,26 +371,20 @@ def build_lesions(
     lesions: list[Lesion] = []
     for i in range(n):
         side = side0 if not bilateral or i % 2 == 0 else -side0
-        location = draw(spec["location"], rng)
         diam = diam0 if i == 0 else diam0 * rng.uniform(0.4, 0.9)
-        R = diam / 2.0
-        point, direction = anatomy.anchor(body, location, side, rng)
-        erosion = chance(spec.get("p_bone_erosion", spec.get("p_erosion", 0.0)), rng)
-        # an eroding lesion sinks into the bone it abuts; a surface lesion sits on the cortex
-        sink = 0.1 if spec["morphology"] == "surface_ossified" else 0.3 if erosion else 0.0
-        centre = _place(body, point, direction, R, sink, z_bounds)
-        if spec["morphology"] == "intraarticular":
-            centre = tuple(p + d * (R + 1.5) for p, d in zip(point, direction, strict=True))
-        else:
-            # a lesion pulled inside the skin must not engulf the bladder: shrink it instead
-            for _ in range(10):
-                if anatomy.clear_of_bladder(centre, R):
-                    break
-                R *= 0.85
-                centre = _place(body, point, direction, R, sink, z_bounds)
+        placed = None
+        for _ in range(6):  # another lesion is another bursa: never on top of an earlier one
+            location = draw(spec["location"], rng)
+            placed = _site(spec, body, location, side, diam / 2.0, rng, z_bounds)
+            if not any(_overlap(placed[1], placed[2], other) for other in lesions):
+                break
+            placed = None
+        if placed is None:
+            continue
+        direction, centre, R, erosion = placed
         lesion_suv = suvmax if i == 0 else suvmax * rng.uniform(0.6, 1.0)
         lesion = Lesion(
-            index=i + 1,
+            index=len(lesions) + 1,
             subtype=subtype,
             location=location,
             side=side,

@@ -13,7 +13,6 @@ from collections import OrderedDict
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
 
 def array_spacing(image: sitk.Image) -> tuple[float, float, float]:
@@ -115,33 +114,44 @@ def in_plane_structure(axis: int, *, diagonal: bool = False) -> np.ndarray:
     return structure
 
 
-def shell_envelope(shell: np.ndarray, axis: int, *, min_voxels: int = 6) -> np.ndarray:
-    """Union of the in-plane convex hulls of each 2D component of ``shell`` (slice by slice).
+IN_PLANE_DIRECTIONS = ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
 
-    The cross-section of a bone is convex or nearly so: its hull closes gaps in a thin or eroded
-    cortex with a chord, and anything bulging out of the bone outline (a mass eroding it) falls
-    outside. Components smaller than ``min_voxels`` are ignored.
+
+def _shifted(plane_stack: np.ndarray, dj: int, di: int) -> np.ndarray:
+    """``out[:, j, i] = plane_stack[:, j + dj, i + di]`` (False outside the array)."""
+    out = np.zeros_like(plane_stack)
+    nj, ni = plane_stack.shape[1:]
+    if abs(dj) >= nj or abs(di) >= ni:
+        return out
+    src = (slice(None), slice(max(dj, 0), nj + min(dj, 0)), slice(max(di, 0), ni + min(di, 0)))
+    dst = (slice(None), slice(max(-dj, 0), nj + min(-dj, 0)), slice(max(-di, 0), ni + min(-di, 0)))
+    out[dst] = plane_stack[src]
+    return out
+
+
+def enclosing_directions(
+    inside: np.ndarray, wall: np.ndarray, axis: int, *, reach_voxels: int
+) -> np.ndarray:
+    """For each ``inside`` voxel, in how many of 8 in-plane directions a ray meets ``wall``.
+
+    The ray runs through ``inside`` voxels only, at most ``reach_voxels`` steps; it counts when
+    the first voxel that is not ``inside`` is ``wall``. A cavity walled by a cortex with a few gaps
+    scores 6-8; a nodule bulging out of the bone scores low on its outer side (its rays end in
+    muscle or fat). uint8 array, 0 outside ``inside``.
     """
-    moved = np.moveaxis(shell, axis, 0)
-    out = np.zeros(moved.shape, bool)
-    for k, plane in enumerate(moved):
-        if not plane.any():
-            continue
-        labels, _ = ndimage.label(plane, structure=np.ones((3, 3), bool))
-        for n, bbox in enumerate(ndimage.find_objects(labels), start=1):
-            points = np.argwhere(labels[bbox] == n)
-            if len(points) < min_voxels:
-                continue
-            try:
-                hull = ConvexHull(points)
-            except QhullError:  # collinear: a straight segment has no interior
-                continue
-            shape = labels[bbox].shape  # the tight box of the component
-            grid = np.indices(shape).reshape(2, -1).T
-            # Facet equations: normal . x + offset <= 0 inside; half a voxel of tolerance.
-            inside = (grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 0.5).all(axis=1)
-            out[k][bbox] |= inside.reshape(shape)
-    return np.moveaxis(out, 0, axis)
+    m = np.moveaxis(inside, axis, 0)
+    w = np.moveaxis(wall, axis, 0)
+    count = np.zeros(m.shape, np.uint8)
+    for dj, di in IN_PLANE_DIRECTIONS:
+        alive = m.copy()
+        hit = np.zeros(m.shape, bool)
+        for n in range(1, reach_voxels + 1):
+            hit |= alive & _shifted(w, n * dj, n * di)
+            alive &= _shifted(m, n * dj, n * di)
+            if not alive.any():
+                break
+        count += hit
+    return np.moveaxis(count, 0, axis)
 
 
 def label_maximum(values: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
@@ -152,6 +162,26 @@ def label_maximum(values: np.ndarray, labels: np.ndarray, count: int) -> np.ndar
     out = np.full(count + 1, -np.inf)
     inside = labels > 0
     np.maximum.at(out, labels[inside], values[inside])
+    return out
+
+
+def label_median(values: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """Median of ``values`` per label 0..count (NaN where a label is absent; label 0 ignored).
+
+    Sorts only the labelled voxels (``ndimage.median`` sorts the whole array).
+    """
+    inside = labels > 0
+    keys, data = labels[inside], values[inside]
+    order = np.lexsort((data, keys))
+    keys, data = keys[order], data[order]
+    sizes = np.bincount(keys, minlength=count + 1)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    out = np.full(count + 1, np.nan)
+    present = sizes > 0
+    present[0] = False
+    low = starts[present] + (sizes[present] - 1) // 2
+    high = starts[present] + sizes[present] // 2
+    out[present] = (data[low].astype(float) + data[high]) / 2.0
     return out
 
 

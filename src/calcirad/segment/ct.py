@@ -45,14 +45,15 @@ from calcirad.segment._grid import (
     array_spacing,
     ball,
     closing,
+    enclosing_directions,
     extent_mm,
     fill_holes,
     in_plane_structure,
     label_maximum,
+    label_median,
     median3,
     opening,
     relabel_by_size,
-    shell_envelope,
     slice_axis,
     to_image,
     touches_border,
@@ -91,6 +92,7 @@ class ThresholdParams:
     marrow_min_hu: float = 90.0  # median HU inside an isolated bone (marrow 100-300; MO core < 50)
     marrow_max_hu: float = 400.0  # above: calcific matrix (sediment, lobules), not marrow
     marrow_wall_fraction: float = 0.5  # marrow-density region walled at least this much by cortex
+    marrow_enclosure: float = 0.5  # ... and each voxel sees cortex in this fraction of 8 directions
     marrow_closing_mm: float = 3.0  # seals the few-mm marrow of flat bones (acetabulum, pelvis)
     max_marrow_radius_mm: float = 30.0  # deeper enclosed regions are body cavities, not marrow
     bone_margin_mm: float = 2.5  # partial-volume rim of the cortex (about one voxel)
@@ -156,7 +158,9 @@ def threshold_components(ct: sitk.Image, params: Mapping[str, Any]) -> sitk.Imag
     if p.smoothing_mm > 0:
         hu = ndimage.gaussian_filter(hu, [p.smoothing_mm / s for s in spacing])
     calcified = hu >= p.threshold_hu
-    candidates = _drop_bone_rinds(calcified & ~bone, bone=bone, spacing=spacing, params=p)
+    candidates = _drop_bone_rinds(
+        calcified & ~bone, bone=bone, spacing=spacing, axis=axis, params=p
+    )
     if p.fluid_reach_mm > 0:
         fluid = _fluid(hu_raw, bone=bone, spacing=spacing, axis=axis, params=p)
         candidates |= _fluid_lobules(candidates, fluid, spacing=spacing, params=p)
@@ -209,14 +213,22 @@ def _find_bone(
     shell = _skeletal_shell(dense & ~thick, hu, thick=thick, spacing=spacing, axis=axis, params=p)
     if not shell.any():
         return shell
-    envelope = shell_envelope(shell, axis)
-    marrow = _enclosed_marrow(shell, thick, spacing=spacing, axis=axis, params=p) & ~thick
-    marrow |= _walled_marrow(smooth, shell, thick=thick, spacing=spacing, axis=axis, params=p)
-    marrow &= envelope
-    shell = _drop_lesion_shells(
-        shell, marrow, hu, thick=thick, spacing=spacing, axis=axis, params=p
+    # Marrow: enclosed by cortex (topologically), or of marrow density, walled mostly by cortex
+    # and surrounded by it in-plane (thin or eroded cortex leaves gaps).
+    marrow, soft_cavities = _enclosed_marrow(
+        shell, thick, smooth=smooth, spacing=spacing, axis=axis, params=p
     )
-    marrow |= _exposed_marrow(hu, marrow, thick=thick, spacing=spacing, params=p) & envelope
+    marrow &= ~thick
+    surrounded = _ray_enclosed(smooth, shell, thick=thick, spacing=spacing, axis=axis, params=p)
+    walled = _walled_marrow(smooth, shell, thick=thick, spacing=spacing, axis=axis, params=p)
+    marrow |= walled & surrounded & ~soft_cavities
+    # Marrow-density rims of soft cavities (partial volume with their calcified wall) are no
+    # evidence that the wall is cortex.
+    anchors = marrow & ~ndimage.binary_dilation(soft_cavities, iterations=2)
+    shell = _drop_lesion_shells(
+        shell, anchors, hu, thick=thick, spacing=spacing, axis=axis, params=p
+    )
+    marrow |= _exposed_marrow(hu, marrow, thick=thick, spacing=spacing, params=p) & surrounded
     core = shell | marrow
     if marrow.any():
         core |= _cortex_under_lesions(dense & thick, marrow, shell=shell, spacing=spacing, params=p)
@@ -270,12 +282,19 @@ def _encloses_marrow(
     axis: int,
     params: ThresholdParams,
 ) -> bool:
+    """Whether a shell encloses marrow: cavities of marrow density (median within
+    ``marrow_min_hu``-``marrow_max_hu``, lesion material not counted) make at least a quarter of
+    what it encloses. A bone merged with a calcified lesion shell encloses both marrow and the
+    lesion's soft core; the shell of a lesion alone encloses no marrow."""
     closed = closing(component, params.marrow_closing_mm, spacing)
     inside = fill_holes(closed, axis) & ~component & ~thick
-    if not inside.any():
+    labels, count = ndimage.label(inside, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
         return False
-    median = float(np.median(hu[inside]))
-    return params.marrow_min_hu <= median <= params.marrow_max_hu
+    median = label_median(hu, labels, count)[1:]
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    marrow = (median >= params.marrow_min_hu) & (median <= params.marrow_max_hu)
+    return bool(sizes[marrow].sum() >= 0.25 * sizes.sum())
 
 
 def _drop_lesion_shells(
@@ -291,25 +310,59 @@ def _drop_lesion_shells(
     """Skeletal shell minus the calcified lesion shells that merely touch a bone.
 
     Cortex wraps marrow: shell farther than ``max_cortex_mm`` from any marrow is checked again.
-    A part that encloses soft tissue, fat or fluid (median below ``marrow_min_hu``: the core of
-    myositis ossificans or of a calcified haematoma lying on the femur, a fluid lobule of
-    tumoral calcinosis) is lesion; the rest (flat-bone cortex whose thin marrow was not found)
-    stays bone.
+    A part that walls (with the rest of the skeleton and any lesion material) a cavity of soft
+    tissue, fat or fluid (median below ``marrow_min_hu``: the core of myositis ossificans or of a
+    calcified haematoma lying on a bone) is lesion; the rest (flat-bone cortex whose thin marrow
+    was not found) stays bone.
     """
     if not marrow.any():
         return shell
     far = shell & (ndimage.distance_transform_edt(~marrow, sampling=spacing) > params.max_cortex_mm)
     labels, count = ndimage.label(far, structure=np.ones((3, 3, 3), bool))
     drop = np.zeros(count + 1, bool)
+    margin = [int(np.ceil(params.max_cortex_mm / s)) for s in spacing]
+    touching = np.ones((3, 3, 3), bool)
     for n, bbox in enumerate(ndimage.find_objects(labels), start=1):
-        if extent_mm(bbox, spacing) < 2 * params.max_cortex_mm:
+        if extent_mm(bbox, spacing) < params.max_cortex_mm:
             continue
-        component = labels[bbox] == n
-        closed = closing(component, params.marrow_closing_mm, spacing)
-        inside = fill_holes(closed, axis) & ~shell[bbox] & ~thick[bbox]
-        if inside.sum() >= component.sum():
-            drop[n] = float(np.median(hu[bbox][inside])) < params.marrow_min_hu
+        box = tuple(
+            slice(max(b.start - m, 0), min(b.stop + m, size))
+            for b, m, size in zip(bbox, margin, shell.shape, strict=True)
+        )
+        wall = closing(shell[box], params.marrow_closing_mm, spacing) | thick[box]
+        cavities, _ = ndimage.label(fill_holes(wall, axis) & ~wall)
+        near = ndimage.binary_dilation(labels[box] == n, structure=touching)
+        inside = np.isin(cavities, np.unique(cavities[near & (cavities > 0)]))
+        if inside.sum() >= (labels[box] == n).sum():
+            drop[n] = float(np.median(hu[box][inside])) < params.marrow_min_hu
     return shell & ~drop[labels]
+
+
+def _marrow_density(
+    smooth: np.ndarray, shell: np.ndarray, *, thick: np.ndarray, params: ThresholdParams
+) -> np.ndarray:
+    """Voxels of marrow density (3x3x3 median within ``marrow_min_hu``-``cortex_hu``)."""
+    return (smooth >= params.marrow_min_hu) & (smooth < params.cortex_hu) & ~shell & ~thick
+
+
+def _ray_enclosed(
+    smooth: np.ndarray,
+    shell: np.ndarray,
+    *,
+    thick: np.ndarray,
+    spacing: tuple[float, float, float],
+    axis: int,
+    params: ThresholdParams,
+) -> np.ndarray:
+    """Marrow-density voxels that cortex surrounds in-plane: rays through marrow density meet
+    the skeletal shell in at least ``marrow_enclosure`` of 8 directions, within twice
+    ``max_marrow_radius_mm``. A gout tophus or a sediment layer merged with the marrow of the bone
+    it erodes bulges out of the bone outline: its outer rays end in soft tissue."""
+    medium = _marrow_density(smooth, shell, thick=thick, params=params)
+    in_plane = min(s for a, s in enumerate(spacing) if a != axis)
+    reach = int(np.ceil(2 * params.max_marrow_radius_mm / in_plane))
+    hits = enclosing_directions(medium, shell, axis, reach_voxels=reach)
+    return medium & (hits >= params.marrow_enclosure * 8)
 
 
 def _walled_marrow(
@@ -329,7 +382,7 @@ def _walled_marrow(
     ``cortex_hu``) whose in-plane outline is at least ``marrow_wall_fraction`` cortex. Lesion
     material of that density (sediment, gout) is walled by fluid, soft tissue or calcification.
     """
-    medium = (smooth >= params.marrow_min_hu) & (smooth < params.cortex_hu) & ~shell & ~thick
+    medium = _marrow_density(smooth, shell, thick=thick, params=params)
     structure = in_plane_structure(axis)
     labels, count = ndimage.label(medium, structure=structure)
     if count == 0:
@@ -351,22 +404,28 @@ def _enclosed_marrow(
     shell: np.ndarray,
     thick: np.ndarray,
     *,
+    smooth: np.ndarray,
     spacing: tuple[float, float, float],
     axis: int,
     params: ThresholdParams,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Regions enclosed by the skeletal shell that are shallow enough to be marrow.
 
     Lesion material counts as wall too: where a mass sits on the cortex the opening gives the
     cortex under it to the mass, and the marrow must still be enclosed. A region is marrow only if
-    the skeletal shell makes most of its wall (a fluid lobule is walled by the lesion itself).
+    the skeletal shell makes most of its wall (a fluid lobule is walled by the lesion itself) and
+    its median density (``smooth``, 3x3x3 median HU) is at least ``marrow_min_hu``: the soft or
+    fluid core of a calcified shell lying on a bone is walled by a shell merged with the cortex.
+    Returns (marrow, soft cavities): the latter are those cores, dependent sediment included.
     """
     closed = closing(shell, params.marrow_closing_mm, spacing)
+    # Thin marrow sealed by the closing (flat bones), not the soft edge of a cavity it narrows.
+    sealed = closed & ~shell & (smooth >= params.marrow_min_hu)
     wall = closed | thick
     holes = fill_holes(wall, axis) & ~wall
     labels, count = ndimage.label(holes)
     if count == 0:
-        return closed & ~shell
+        return sealed, np.zeros_like(shell)
     # In-plane depth (huge spacing along the slice axis makes the EDT two-dimensional): the pelvic
     # inlet is enclosed only within axial slices and may be short in z.
     sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
@@ -378,8 +437,10 @@ def _enclosed_marrow(
     bony = ndimage.sum_labels(closed & ~thick, facing, index=index)
     walls = ndimage.sum_labels(wall, facing, index=index)
     mostly_bone = bony >= 0.5 * np.maximum(walls, 1)
-    keep = np.concatenate([[False], shallow & mostly_bone])
-    return (closed & ~shell) | keep[labels]
+    dense_enough = label_median(smooth, labels, count)[1:] >= params.marrow_min_hu
+    keep = np.concatenate([[False], shallow & mostly_bone & dense_enough])
+    soft = np.concatenate([[False], shallow & mostly_bone & ~dense_enough])
+    return sealed | keep[labels], soft[labels]
 
 
 def _cortex_under_lesions(
@@ -500,13 +561,19 @@ def _drop_bone_rinds(
     *,
     bone: np.ndarray,
     spacing: tuple[float, float, float],
+    axis: int,
     params: ThresholdParams,
 ) -> np.ndarray:
-    """Remove thin components stuck to bone: residual cortex where it is locally thicker."""
+    """Remove thin components stuck to bone: residual cortex where it is locally thicker.
+
+    Thickness is measured with what a component encloses (against the bone too): the thin
+    calcified wall of a lobule sitting in an erosion is a capsule, not a rind.
+    """
     labels, count = ndimage.label(candidates, structure=np.ones((3, 3, 3), bool))
     if count == 0 or not bone.any():
         return candidates
-    depth = ndimage.distance_transform_edt(candidates, sampling=spacing)
+    filled = candidates | (fill_holes(candidates | bone, axis) & ~bone)
+    depth = np.where(candidates, ndimage.distance_transform_edt(filled, sampling=spacing), 0.0)
     max_depth = label_maximum(depth, labels, count)[1:]
     touching = np.zeros(count + 1, bool)
     touching[np.unique(labels[ndimage.binary_dilation(bone) & candidates])] = True

@@ -26,6 +26,7 @@ from calcirad.errors import SubjectInputError
 from calcirad.segment._grid import (
     array_spacing,
     ball,
+    label_maximum,
     mask_array,
     median3,
     slice_axis,
@@ -41,7 +42,10 @@ class ExtensionParams:
     t2_ratio: float = 1.8
     suv_fraction: float = 0.41
     suv_floor: float = 2.5
-    max_extension_mm: float = 30.0
+    max_extension_mm: float = 80.0  # a sarcoma's solid part may lie far from its few calcifications
+    fluid_hu: tuple[float, float] = (-30.0, 30.0)  # water density after a 3x3x3 median
+    max_fluid_radius_mm: float = 25.0  # deeper fluid (in-plane) is the bladder, not a lesion locule
+    bridge_mm: float = 2.5  # candidate bands thinner than twice this do not carry the growth
     min_soft_tissue_hu: float = -30.0  # below: fat or air on CT, never lesion
     muscle_hu: tuple[float, float] = (30.0, 80.0)
     muscle_shell_mm: tuple[float, float] = (10.0, 60.0)
@@ -101,7 +105,9 @@ def extend_mask(
     hu = sitk.GetArrayFromImage(ct).astype(np.float32)
     allowed = ~find_bone(hu, spacing=spacing, axis=slice_axis(ct), params=ThresholdParams())
     # Fat is bright on T2 and air is nothing: a lesion part is soft tissue or fluid on CT.
-    allowed &= median3(hu) >= p.min_soft_tissue_hu
+    smooth = median3(hu)
+    allowed &= smooth >= p.min_soft_tissue_hu
+    allowed &= ~_large_fluid(smooth, spacing=spacing, axis=slice_axis(ct), params=p)
     allowed &= ndimage.distance_transform_edt(~core, sampling=spacing) <= p.max_extension_mm
     extended, sources = core.copy(), ["ct"]
     for modality in ("t2", "pet"):
@@ -110,11 +116,34 @@ def extend_mask(
         on_ct = sitk.Resample(images[modality], ct, sitk.Transform(), sitk.sitkLinear, 0.0)
         values = sitk.GetArrayFromImage(on_ct).astype(np.float32)
         threshold = _threshold(modality, values, ct=ct, lesion=lesion, core=core, params=p)
-        grown = _connected_to(core, (values >= threshold) & allowed)
+        grown = _grow(core, (values >= threshold) & allowed, spacing=spacing, params=p)
         if (grown & ~extended).any():
             sources.append(modality)
         extended |= grown
     return ExtendedMask(mask=to_image(extended.astype(np.uint8), ct), sources=tuple(sources))
+
+
+def _large_fluid(
+    smooth: np.ndarray,
+    *,
+    spacing: tuple[float, float, float],
+    axis: int,
+    params: ExtensionParams,
+) -> np.ndarray:
+    """Water-density regions deeper in-plane than ``max_fluid_radius_mm``: the bladder.
+
+    The bladder is T2-bright and FDG-hot (urinary activity) like a lesion; a mass pressing on it
+    would otherwise grow into it. Necrotic and cystic parts of a lesion are smaller.
+    """
+    fluid = (smooth >= params.fluid_hu[0]) & (smooth <= params.fluid_hu[1])
+    labels, count = ndimage.label(fluid)
+    if count == 0:
+        return fluid
+    sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
+    depth = ndimage.distance_transform_edt(fluid, sampling=sampling)
+    deep = label_maximum(depth, labels, count) > params.max_fluid_radius_mm
+    deep[0] = False
+    return deep[labels]
 
 
 def _threshold(
@@ -134,6 +163,27 @@ def _threshold(
         )
     )
     return params.t2_ratio * float(np.median(values[muscle]))
+
+
+def _grow(
+    core: np.ndarray,
+    candidate: np.ndarray,
+    *,
+    spacing: tuple[float, float, float],
+    params: ExtensionParams,
+) -> np.ndarray:
+    """``core`` plus the bulk of ``candidate`` connected to it, edges restored.
+
+    Candidates are opened first (radius ``bridge_mm``): partial-volume bands (a fat-muscle edge is
+    T2-bright and above -30 HU) and thin tails of PET blur would otherwise connect the lesion to
+    anything of the same signal within reach. The opened candidates connected to the core are
+    then dilated back by the same radius inside the original candidates.
+    """
+    element = ball(params.bridge_mm, spacing)
+    bulk = ndimage.binary_opening(candidate, structure=element) if element.sum() > 1 else candidate
+    reached = _connected_to(core, bulk)
+    edge = ndimage.binary_dilation(reached, structure=element) & candidate
+    return reached | edge
 
 
 def _connected_to(core: np.ndarray, candidate: np.ndarray) -> np.ndarray:
