@@ -45,3 +45,15 @@ def test_a_class_too_small_for_cv_gives_a_not_estimable_row(tmp_path):
     assert row["task"] == "tc_vs_sarcoma" and np.isnan(row["auc"]) and row["n_warnings"] == 1
     figures = write_figures(results=[out], task="tc_vs_sarcoma", out_dir=tmp_path / "f")
     assert len(figures) == 8 and all(p.stat().st_size > 0 for p in figures)
+
+
+def test_inventory_marks_a_series_of_an_unrequested_modality_as_not_used():
+    from calcirad.steps.ingest import _used_or_not
+
+    row = {"modality": "t1c", "chosen": True, "reason": "post-contrast"}
+    assert _used_or_not(row, ["ct", "t1"]) == {
+        "modality": "t1c",
+        "chosen": False,
+        "reason": "post-contrast; not used: t1c is not in config `modalities`",
+    }
+    assert _used_or_not({**row, "modality": "t1"}, ["ct", "t1"])["chosen"] is True

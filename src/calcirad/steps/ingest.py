@@ -7,15 +7,28 @@ from pathlib import Path
 import pandas as pd
 
 from calcirad.atomic import atomic_path
-from calcirad.dicom import build_inventory
+from calcirad.dicom import INVENTORY_COLUMNS, build_inventory
 from calcirad.errors import SubjectInputError
 from calcirad.steps.common import STATUS_FAILED, STATUS_OK, failure, log, read_json, write_json
+
+INTEGER_COLUMNS = {"rows", "columns", "n_files", "n_slices", "series_number"}
 
 
 def _relative(path: str, study_dir: Path) -> str:
     """Paths in results/ are relative to the study folder: folder names can carry identifiers."""
     p = Path(path)
     return str(p.relative_to(study_dir)) if p.is_absolute() else str(p)
+
+
+def _used_or_not(row: dict, modalities: list[str]) -> dict:
+    """The inventory says what the run uses: a chosen series of an unrequested modality is not."""
+    if row.get("chosen") and row.get("modality") not in modalities:
+        return {
+            **row,
+            "chosen": False,
+            "reason": f"{row['reason']}; not used: {row['modality']} is not in config `modalities`",
+        }
+    return row
 
 
 def run_ingest(
@@ -37,7 +50,7 @@ def run_ingest(
     record: dict = {"subject": subject, "stage": "ingest", "rows": [], "chosen": {}, "failures": []}
     try:
         inventory = build_inventory(subject=subject, study_dir=study_dir, rules=rules, pins=pins)
-        record["rows"] = inventory.rows
+        record["rows"] = [_used_or_not(row, modalities) for row in inventory.rows]
         for modality, series in sorted(inventory.chosen.items()):
             if modality not in modalities:
                 continue
@@ -69,9 +82,14 @@ def write_series_inventory(*, inventories: list[str | Path], out_csv: str | Path
     for path in inventories:
         rows.extend(read_json(path)["rows"])
     table = pd.DataFrame(rows)
+    # Counts stay integers in the CSV even where a non-image series (RTSTRUCT) has none.
+    for column in INTEGER_COLUMNS & set(table.columns):
+        table[column] = pd.to_numeric(table[column]).astype("Int64")
     if not table.empty:
         order = [c for c in ("subject", "folder", "series_number") if c in table.columns]
         table = table.sort_values(order, kind="stable")
+        columns = [c for c in INVENTORY_COLUMNS if c in table.columns]
+        table = table[columns + sorted(set(table.columns) - set(columns))]
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False, lineterminator="\n")
     return table
