@@ -21,7 +21,7 @@ from calcirad.convert import (
 )
 from calcirad.errors import SubjectInputError
 from calcirad.suv import suv_scale_factor
-from test_dicom import PATIENT, write_enhanced_mr, write_series
+from test_dicom import CLASSIC_T1_TAGS, PATIENT, write_enhanced_mr, write_series
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 STS = DATA / "ibsi_sts_sample"
@@ -205,21 +205,7 @@ def test_enhanced_multiframe_converts_like_classic(tmp_path: Path):
         modality="MR",
         n=5,
         description="T1",
-        extra={
-            "RepetitionTime": "500",
-            "EchoTime": "10",
-            "Manufacturer": "x",
-            "StudyDate": "20240101",
-            "StudyTime": "1200",
-            "AccessionNumber": "1",
-            "ReferringPhysicianName": "",
-            "StudyID": "1",
-            "PatientSex": "F",
-            "ScanningSequence": "SE",
-            "SequenceVariant": "NONE",
-            "ScanOptions": "",
-            "MRAcquisitionType": "2D",
-        },
+        extra=CLASSIC_T1_TAGS,
     )
     enhanced = write_enhanced_mr(files, tmp_path / "enh" / "mf.dcm")
     classic_record, classic_nifti, _ = convert(tmp_path / "a", files, modality="t1")

@@ -37,6 +37,25 @@ SOP_CLASS = {
 }
 
 
+# Classic T1 MR slices with what an enhanced MR converter needs beside the image (shared with
+# test_convert.py).
+CLASSIC_T1_TAGS = {
+    "RepetitionTime": "500",
+    "EchoTime": "10",
+    "Manufacturer": "x",
+    "StudyDate": "20240101",
+    "StudyTime": "1200",
+    "AccessionNumber": "1",
+    "ReferringPhysicianName": "",
+    "StudyID": "1",
+    "PatientSex": "F",
+    "ScanningSequence": "SE",
+    "SequenceVariant": "NONE",
+    "ScanOptions": "",
+    "MRAcquisitionType": "2D",
+}
+
+
 def write_series(
     folder: Path,
     *,
@@ -330,21 +349,7 @@ def test_enhanced_multiframe_discovery(tmp_path: Path):
         modality="MR",
         description="T1 classic",
         n=5,
-        extra={
-            "RepetitionTime": "500",
-            "EchoTime": "10",
-            "Manufacturer": "x",
-            "StudyDate": "20240101",
-            "StudyTime": "1200",
-            "AccessionNumber": "1",
-            "ReferringPhysicianName": "",
-            "StudyID": "1",
-            "PatientSex": "F",
-            "ScanningSequence": "SE",
-            "SequenceVariant": "NONE",
-            "ScanOptions": "",
-            "MRAcquisitionType": "2D",
-        },
+        extra=CLASSIC_T1_TAGS,
     )
     enhanced = write_enhanced_mr(files, tmp_path / "enh" / "mf.dcm")
     series = {s.folder: s for s in discover_series(tmp_path)}
