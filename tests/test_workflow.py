@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+import SimpleITK as sitk
 import yaml
 
 from calcirad.phantom import write_cohort
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-N_SUBJECTS = 9  # three per label: the smallest cohort that supports 3-fold outer CV per task
+# Four per label: nested 3-fold outer / 2-fold inner CV still has two of each class in every
+# inner split after one exclusion per label.
+N_SUBJECTS = 12
 
 
 def _snakemake(run_dir: Path, config: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -168,13 +171,15 @@ def test_nifti_matches_dicom_geometry_and_values(run):
 
 
 def test_pet_is_in_suv_close_to_the_phantom_truth(run):
+    """PET conversion alone: the truth lesion (not the pipeline's mask) on the converted PET."""
     for row in run["truth"].itertuples():
-        pet = run["results"] / "nifti" / row.subject / "pet.nii.gz"
-        if not pet.exists():
-            continue
-        values = nib.load(pet).get_fdata()
-        mask = nib.load(run["results"] / "masks" / row.subject / "pet.nii.gz").get_fdata() > 0
-        lesion_max = values[mask].max() if mask.any() else values.max()
+        pet_path = run["results"] / "nifti" / row.subject / "pet.nii.gz"
+        pet = sitk.ReadImage(str(pet_path))
+        truth = sitk.ReadImage(str(run["cohort"] / "truth" / row.subject / "lesion.nii.gz"))
+        on_pet = sitk.Resample(truth > 0, pet, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        inside = sitk.GetArrayFromImage(on_pet) > 0
+        values = sitk.GetArrayFromImage(pet)
+        lesion_max = values[inside].max() if inside.any() else values.max()
         # Point-spread blur and noise move the measured maximum; body-weight SUV of soft tissue
         # is near 1, so Bq/ml left unscaled would be in the thousands.
         assert 0.3 * row.suvmax_true < lesion_max < 2.0 * row.suvmax_true + 1.0, row.subject
@@ -192,11 +197,18 @@ def test_masks_live_on_each_modality_grid(run):
             assert set(np.unique(lesion.get_fdata())) <= {0.0, 1.0}
 
 
-def test_segmentation_table_has_dice_against_truth(run):
+def test_every_subject_is_segmented_or_listed_as_a_failure(run):
+    """Plumbing, not accuracy (bench/segmentation_eval.py measures that): every phantom subject
+    has a CT mask with Dice and HD95 against its truth, or a row in failures.csv saying why."""
     table = pd.read_csv(run["results"] / "tables" / "segmentation.csv", dtype={"subject": str})
     ct = table[(table.modality == "ct") & table.subject.isin(run["samples"].subject)]
-    assert len(ct) >= N_SUBJECTS - 1
-    assert ct["dice"].between(0, 1).all()
+    failures = pd.read_csv(run["results"] / "tables" / "failures.csv", dtype={"subject": str})
+    failed = failures[failures.stage == "segment"]
+    assert set(ct.subject) | set(failed.subject) == set(run["samples"].subject)
+    assert not set(ct.subject) & set(failed.subject)
+    assert failed.reason.str.contains("threshold|mask|CT").all()
+    assert len(ct) >= N_SUBJECTS // 2
+    assert ct["dice"].between(0, 1).all() and (ct["hd95_mm"] >= 0).all()
     assert ct["dice"].median() > 0.5
     assert (ct["volume_ml"] > 0).all()
 
@@ -205,7 +217,7 @@ def test_feature_tables(run):
     features = run["results"] / "features"
     ct = pd.read_csv(features / "ct.csv", dtype={"subject": str})
     assert ct.columns[0] == "subject"
-    assert ct.shape[0] >= N_SUBJECTS - 1 and ct.shape[1] > 20
+    assert ct.shape[0] >= N_SUBJECTS // 2 and ct.shape[1] > 20
     numeric = ct.drop(columns="subject")
     assert np.isfinite(numeric.to_numpy(dtype=float)).all()
     wide = pd.read_csv(features / "all.csv", dtype={"subject": str})
@@ -232,7 +244,7 @@ def test_performance_table(run):
     assert set(table.feature_set) == {"ct", "mr", "pet", "all"}
     assert table.auc.between(0, 1).all()
     assert (table.auc_ci_low <= table.auc).all() and (table.auc <= table.auc_ci_high).all()
-    assert (table.n_subjects[table.task == "tc_vs_mimics"] >= N_SUBJECTS - 1).all()
+    assert (table.n_subjects[table.task == "tc_vs_mimics"] >= N_SUBJECTS // 2).all()
     assert (table.n_subjects <= len(run["sheet"])).all()
     md = (run["results"] / "tables" / "performance.md").read_text()
     assert "tc_vs_sarcoma" in md and "|" in md
