@@ -336,7 +336,7 @@ def test_real_sarcoma_patients_land_in_the_same_tables(run):
         assert set(run["samples"].subject) & set(table.subject), modality
     pet = pd.read_csv(features / "pet.csv", dtype={"subject": str}).set_index("subject")
     # Units GML: SUV as stored. Scaled again as if Bq/ml it would be about a thousandth of this.
-    assert pet.loc[real, "conv_suvmax"].between(1.0, 60.0).all(), pet.loc[real, "conv_suvmax"]
+    assert pet.loc[real, "conv_suv_max"].between(1.0, 60.0).all(), pet.loc[real, "conv_suv_max"]
     t2 = pd.read_csv(features / "t2.csv", dtype={"subject": str})
     assert not set(real) & set(t2.subject)
     segmentation = pd.read_csv(run["results"] / "tables" / "segmentation.csv", dtype=str)

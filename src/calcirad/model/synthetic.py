@@ -10,7 +10,7 @@ from calcirad.model.feature_sets import CLASSES
 RADIOMIC_COUNTS = {"ct": 30, "t1": 15, "t2": 15, "pet": 20}
 CONVENTIONAL = (
     "ct_conv_volume_ml", "ct_conv_mean_hu", "ct_conv_max_hu", "ct_conv_calcified_fraction",
-    "pet_conv_suvmax", "pet_conv_suvmean", "pet_conv_suvpeak", "t1_conv_lesion_muscle_ratio",
+    "pet_conv_suv_max", "pet_conv_suv_mean", "pet_conv_suv_peak", "t1_conv_lesion_muscle_ratio",
 )  # fmt: skip
 
 
