@@ -14,7 +14,7 @@ PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c co
 
 PHANTOM_SOURCES := $(shell find src/calcirad/phantom -name '*.py' -o -name '*.yaml' 2>/dev/null)
 
-.PHONY: demo test run install lint clean dciodvfy
+.PHONY: demo test run install lint clean dciodvfy bench
 
 ## install: create .venv and install calcirad with the workflow and test tools
 install: $(VENV)/.installed
@@ -52,6 +52,13 @@ run: $(VENV)/.installed
 ## test: the test suite (unit tests, end-to-end Snakemake runs, a real one-node SLURM)
 test: $(VENV)/.installed dciodvfy
 	$(BIN)/python -m pytest
+
+## bench: the benchmark of issue 10 (bench/README.md; not part of `make test`; hours at full size).
+## Cohorts and runs are cached in $$CALCIRAD_BENCH_DIR (default ~/.cache/calcirad-bench);
+## e.g. make bench BENCH_ARGS="--cohorts 12 --resume"
+bench: $(VENV)/.installed
+	$(BIN)/python -c "import pyinstrument" 2>/dev/null || $(PIP) pyinstrument
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 ## dciodvfy (Debian's dicom3tools) validates the phantom's DICOM; its test skips, saying why,
 ## where it cannot be installed (not root, no apt)

@@ -31,6 +31,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/convert.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/stability.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/report.smk"
 
@@ -44,6 +45,7 @@ rule all:
         expand("results/qc/{subject}.png", subject=SUBJECTS),
         "results/features/all.csv",
         IBSI_TARGETS,
+        STABILITY_TARGETS,
         expand("results/tables/{table}.{ext}", table=MODEL_TABLES, ext=TABLE_FORMATS),
         expand("results/tables/cohort.{ext}", ext=TABLE_FORMATS),
         expand(

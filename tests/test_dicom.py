@@ -396,3 +396,33 @@ def test_ibsi_sts_inventory():
     assert not any(
         "STS_001" in str(v) for r in inventory.rows for k, v in r.items() if k != "subject"
     )
+
+
+def test_a_slice_with_an_unreadable_header_is_reported_not_dropped(tmp_path: Path):
+    """A copy cut inside the header used to vanish from discovery (an edge slice then went
+    missing without a word); it is now an inventory row naming the file, and ingestion refuses
+    the series it lies beside."""
+    from calcirad.steps.ingest import run_ingest
+
+    files = write_series(tmp_path / "study" / "ct", n=5, description="CT std")
+    files[-1].write_bytes(files[-1].read_bytes()[:300])  # the last slice: no gap would show it
+    inventory = build_inventory(subject="S1", study_dir=tmp_path / "study", rules={})
+    assert [s.n_files for s in inventory.chosen.values()] == [4]
+    rows = [r for r in inventory.rows if r["modality"] == "unreadable"]
+    assert len(rows) == 1 and rows[0]["folder"] == "ct" and files[-1].name in rows[0]["reason"]
+    assert inventory.unreadable[0][0] == str(files[-1])
+    record = run_ingest(
+        subject="S1",
+        study_dir=tmp_path / "study",
+        rules={},
+        pins={},
+        modalities=["ct"],
+        out_json=tmp_path / "S1.json",
+    )
+    assert record["status"] == "failed" and not record["chosen"]
+    reason = record["failures"][0]["reason"]
+    assert "subject S1" in reason and "series 1 CT std" in reason
+    assert f"file {files[-1].name}" in reason and "re-export" in reason
+    # A non-DICOM file beside the series (no DICM marker) is still just skipped.
+    (tmp_path / "study" / "ct" / "notes.bin").write_bytes(b"\x08\x00" + b"x" * 400)
+    assert len(discover_series(tmp_path / "study")) == 1

@@ -178,12 +178,8 @@ def test_pet_tags_and_suv(cohort):
         assert 0.2 < np.median(suv[suv > 0.3]) < 3.0  # background tissue SUV
 
 
-# The PET Image IOD forbids PatientPosition beside the (mandatory) PatientOrientationCodeSequence,
-# so a conformant PET series always makes dcm2niix say this; nothing else may be a warning.
-PET_POSITION_WARNING = "Warning: Patient Position (0018,5100) not specified (issue 642)."
-
-
 def _dcm2niix_warnings(folder: Path, out: Path) -> list[str]:
+    """Every line of dcm2niix's output that mentions a warning (none is allowed, PET included)."""
     out.mkdir(parents=True, exist_ok=True)
     run = subprocess.run(
         [DCM2NIIX, "-z", "y", "-b", "y", "-ba", "y", "-f", "out", "-o", str(out), str(folder)],
@@ -191,9 +187,21 @@ def _dcm2niix_warnings(folder: Path, out: Path) -> list[str]:
         text=True,
         check=True,
     )
-    lines = (run.stdout + run.stderr).splitlines()
-    allowed = {PET_POSITION_WARNING} if folder.name.startswith("PET_") else set()
-    return [line for line in lines if "warning" in line.lower() and line.strip() not in allowed]
+    return [line for line in (run.stdout + run.stderr).splitlines() if "warning" in line.lower()]
+
+
+def test_pet_patient_position_only_where_the_pet_iod_allows_it(cohort, tmp_path):
+    """PatientPosition is forbidden at the top level of a PET image (its mandatory
+    PatientOrientationCodeSequence is present); a private sequence item carries it, and dcm2niix
+    (which reads (0018,5100) at any depth) then knows the position: no warning, HFS in the JSON."""
+    pet = _series(cohort, "S001", "PET")
+    assert "PatientPosition" not in pet[0]
+    assert pet[0].PatientOrientationCodeSequence[0].CodeMeaning == "recumbent"
+    block = pet[0].private_block(0x0009, "CALCIRAD PHANTOM")
+    assert block[0x10].value[0].PatientPosition == "HFS"
+    folder = next((cohort / "dicom" / "S001").glob("PET_*"))
+    assert _dcm2niix_warnings(folder, tmp_path) == []
+    assert json.loads((tmp_path / "out.json").read_text())["PatientPosition"] == "HFS"
 
 
 @pytest.mark.skipif(not Path(DCM2NIIX).exists(), reason="dcm2niix not installed")
@@ -428,3 +436,276 @@ def test_synovial_sarcoma_fluid_level_is_dependent(tmp_path):
     )
     assert lesion["components"]["sediment"]["ct"] >= 45  # dependent blood, denser than serum
     assert lesion["components"]["sediment"]["t2"] < lesion["components"]["necrosis"]["t2"]
+
+
+# ------------------------------------------------------------------ a coronal MR site ---------
+def _dicom_on_grid(series: list[pydicom.Dataset], grid) -> np.ndarray:
+    """Pixels of ``series`` placed on the generator's (z, y, x) ``grid`` by their own header
+    geometry (ImagePositionPatient, ImageOrientationPatient, PixelSpacing); NaN where none."""
+    out = np.full(grid.shape, np.nan)
+    for ds in series:
+        rows, cols = np.indices((ds.Rows, ds.Columns))
+        row_dir = np.asarray(ds.ImageOrientationPatient[:3], float)
+        col_dir = np.asarray(ds.ImageOrientationPatient[3:], float)
+        dr, dc = (float(v) for v in ds.PixelSpacing)
+        world = (
+            np.asarray(ds.ImagePositionPatient, float)[:, None, None]
+            + row_dir[:, None, None] * cols * dc
+            + col_dir[:, None, None] * rows * dr
+        )
+        index = [
+            np.rint((world[d] - grid.origin[d]) / grid.spacing[d]).astype(int) for d in range(3)
+        ]
+        out[index[2], index[1], index[0]] = ds.pixel_array
+    return out
+
+
+def test_coronal_t2_site_geometry_conversion_and_carried_truth(cohort, tmp_path):
+    """siteC acquires T2 coronal: its DICOM geometry puts the image where the generator drew
+    it, dcm2niix converts it without warnings and calcirad verifies it, and the CT truth carried
+    by physical coordinates onto the NIfTI grid covers the lesion drawn on the MR grid."""
+    import SimpleITK as sitk
+
+    from calcirad.convert import convert_series
+    from calcirad.phantom.cohort import build_scene, render_truth
+    from calcirad.phantom.render import render
+    from calcirad.segment.carry import carry_mask
+
+    priors = load_priors()
+    plans = [p for p in plan_cohort(n=3, seed=11, priors=priors) if p.site == "siteC"]
+    assert priors["sites"]["siteC"]["mr"]["t2_plane"] == "coronal" and plans
+    plan = plans[0]
+    scene = build_scene(plan, seed=11, size="demo", priors=priors)
+    acq = next(a for a in scene.acqs if a.name == "MR_T2")
+    t1_acq = next(a for a in scene.acqs if a.name == "MR_T1")
+    assert acq.plane == "coronal" and t1_acq.plane == "axial"
+    t2 = _series(cohort, plan.subject, "MR_T2")
+    assert [float(v) for v in t2[0].ImageOrientationPatient] == [1, 0, 0, 0, 0, -1]
+    assert "COR" in t2[0].SeriesDescription and len(t2) == acq.grid.shape[1]
+    assert np.all(np.diff([float(d.ImagePositionPatient[1]) for d in t2]) > 0)
+
+    # the header geometry places the pixels where the scene was drawn (a row flip would not)
+    ideal, _, _ = render(
+        grid=acq.grid, body=scene.body, tissues=scene.tissues, lesions=scene.lesions, key="t2"
+    )
+    placed = _dicom_on_grid(t2, acq.grid)
+    assert not np.isnan(placed).any()
+    right = np.corrcoef(placed.ravel(), ideal.ravel())[0, 1]
+    flipped = np.corrcoef(placed.ravel(), ideal[::-1].ravel())[0, 1]
+    assert right > 0.8 and right > flipped + 0.2, (right, flipped)
+
+    folder = next((cohort / "dicom" / plan.subject).glob("MR_T2_*"))
+    assert _dcm2niix_warnings(folder, tmp_path / "raw") == []
+    record = convert_series(
+        subject=plan.subject,
+        modality="t2",
+        files=sorted(folder.glob("*.dcm")),
+        out_nifti=tmp_path / "t2.nii.gz",
+        out_sidecar=tmp_path / "t2.json",
+        work_dir=tmp_path / "work",
+    )
+    assert record["n_dicom_slices"] == len(t2)
+    reference = sitk.ReadImage(str(tmp_path / "t2.nii.gz"))
+    ct_truth = sitk.Cast(
+        sitk.ReadImage(str(cohort / "truth" / plan.subject / "lesion.nii.gz")) > 0, sitk.sitkUInt8
+    )
+    carried = sitk.GetArrayFromImage(carry_mask(ct_truth, reference)) > 0
+    mr_truth = sitk.GetImageFromArray((render_truth(scene, acq.grid) > 0).astype(np.uint8))
+    mr_truth.SetOrigin(acq.grid.origin)
+    mr_truth.SetSpacing(acq.grid.spacing)
+    drawn = sitk.Resample(mr_truth, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    drawn = sitk.GetArrayFromImage(drawn) > 0
+    assert drawn.sum() == sitk.GetArrayFromImage(mr_truth).sum() > 0  # same voxel centres
+    both = (carried & drawn).sum()
+    assert both / drawn.sum() > 0.85  # the carried CT truth covers the MR lesion
+    assert 2 * both / (carried.sum() + drawn.sum()) > 0.8
+
+
+# ------------------------------------------------------------------ messy PACS exports --------
+ALL_MESSY = dict.fromkeys(("mixed_folder", "scout", "compressed", "missing_slice"), 1.0)
+ALL_SYNTAXES = ("RLELossless", "JPEG2000Lossless", "JPEGLSLossless")
+LABEL_OF_FOLDER = {"CT": "ct", "MR_T1": "t1", "MR_T2": "t2", "PET": "pet", "MR_T1C": "t1c"}
+
+
+def test_messy_exports_are_off_by_default_and_validated():
+    from calcirad.errors import ConfigError
+    from calcirad.phantom.cohort import plan_export, resolve_messy
+
+    priors = load_priors()
+    assert resolve_messy(priors, None) is None and resolve_messy(priors, False) is None
+    on = resolve_messy(priors, True)
+    assert 0 < on["scout"] < 1 and set(on["syntaxes"]) >= {"RLELossless", "JPEG2000Lossless"}
+    only = resolve_messy(priors, {"scout": 1.0})
+    assert only["scout"] == 1.0 and only["compressed"] == only["missing_slice"] == 0.0
+    plans = [plan_export(only, seed=3, index=i) for i in range(1, 6)]
+    assert all(p.scout and not p.mixed_folder and p.syntax is None for p in plans)
+    assert plans == [plan_export(only, seed=3, index=i) for i in range(1, 6)]  # deterministic
+    with pytest.raises(ConfigError, match="unknown messy"):
+        resolve_messy(priors, {"scouts": 1.0})
+    with pytest.raises(ConfigError, match="not a compressed"):
+        resolve_messy(priors, {"compressed": 1.0, "syntaxes": ["ExplicitVRLittleEndian"]})
+    from calcirad.cli import build_parser
+
+    assert build_parser().parse_args(["phantom", "--out", "x", "--messy"]).messy is True
+
+
+@pytest.fixture(scope="module")
+def messy_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """The same two subjects exported tidy and with every messy case."""
+    base = tmp_path_factory.mktemp("messy")
+    clean = write_cohort(n=2, seed=8, out=base / "clean")
+    return clean, write_cohort(n=2, seed=8, out=base / "messy", messy=ALL_MESSY)
+
+
+def _ingest_and_convert(cohort: Path, work: Path) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The pipeline's ingest and convert steps on every subject; (inventory table, statuses)."""
+    from calcirad.steps.convert import run_convert
+    from calcirad.steps.ingest import run_ingest, write_series_inventory
+
+    samples = pd.read_csv(cohort / "samples.tsv", sep="\t", dtype={"subject": str})
+    statuses, inventories = {}, []
+    for subject in samples.subject:
+        study = cohort / "dicom" / subject
+        inventory = work / "ingest" / f"{subject}.json"
+        run_ingest(
+            subject=subject,
+            study_dir=study,
+            rules={},
+            pins={},
+            modalities=["ct", "t1", "t2", "pet", "t1c"],
+            out_json=inventory,
+        )
+        inventories.append(inventory)
+        statuses[subject] = run_convert(
+            subject=subject,
+            inventory_json=inventory,
+            study_dir=study,
+            out_dir=work / "nifti" / subject,
+            conversion={"suv": "bw"},
+        )
+    table = write_series_inventory(inventories=inventories, out_csv=work / "series_inventory.csv")
+    return table, statuses
+
+
+def test_messy_export_layout(messy_pair):
+    clean, messy = messy_pair
+    truth = pd.read_csv(messy / "truth" / "labels.tsv", sep="\t", index_col="subject")
+    assert set(pd.read_csv(clean / "truth" / "labels.tsv", sep="\t").export) == {"clean"}
+    for subject, row in truth.iterrows():
+        cases = dict(c.partition("=")[::2] for c in row.export.split(";"))
+        assert set(cases) == set(ALL_MESSY) and cases["compressed"] in ALL_SYNTAXES
+        study = messy / "dicom" / subject
+        assert [p.name for p in study.iterdir()] == ["EXPORT"]
+        files = sorted((study / "EXPORT").iterdir())
+        assert all(f.suffix == "" for f in files)
+        tidy = list((clean / "dicom" / subject).rglob("*.dcm"))
+        assert len(files) == len(tidy) + 1 - 1  # a localizer more, a slice less
+        headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        assert (
+            len({h.SeriesInstanceUID for h in headers})
+            == len(list((clean / "dicom" / subject).iterdir())) + 1
+        )
+        assert {str(h.file_meta.TransferSyntaxUID.name) for h in headers} == {
+            getattr(pydicom.uid, cases["compressed"]).name
+        }
+        scouts = [h for h in headers if "LOCALIZER" in h.ImageType]
+        assert len(scouts) == 1 and scouts[0].Modality == "CT"
+
+
+def test_messy_export_through_ingestion_and_conversion(messy_pair, tmp_path):
+    """Ingestion picks the right series out of one mixed folder, lists the localizer as ignored
+    with its reason, converts compressed series to the very voxels of the tidy export, and
+    refuses the series with a missing slice with a message naming subject, series and files."""
+    clean, messy = messy_pair
+    tidy_table, tidy_status = _ingest_and_convert(clean, tmp_path / "clean")
+    table, status = _ingest_and_convert(messy, tmp_path / "messy")
+    truth = pd.read_csv(messy / "truth" / "labels.tsv", sep="\t", index_col="subject")
+    for subject, row in truth.iterrows():
+        cases = dict(c.partition("=")[::2] for c in row.export.split(";"))
+        rows = table[table.subject == subject]
+        ignored = rows[rows.modality == "ignored"]
+        assert len(ignored) == 1 and "LOCALIZER" in ignored.reason.iloc[0]
+        assert ignored.series_number.iloc[0] == 1
+        used = rows[rows.modality != "ignored"].set_index("modality")
+        tidy = tidy_table[tidy_table.subject == subject].set_index("modality")
+        assert sorted(used.index) == sorted(tidy.index)
+        assert (used.series_number == tidy.series_number[used.index]).all()
+        assert set(rows.transfer_syntax) == {cases["compressed"]}
+        assert set(rows.folder) == {"EXPORT"}
+        broken_folder, _, dropped = cases["missing_slice"].partition("/")
+        broken = LABEL_OF_FOLDER[broken_folder.rsplit("_", 1)[0]]
+        assert used.n_files[broken] == tidy.n_files[broken] - 1
+        assert "non-uniform slice spacing" in used.reason[broken]
+        modalities = status[subject]["modalities"]
+        assert modalities[broken]["status"] == "failed"
+        reason = modalities[broken]["reason"]
+        assert f"subject {subject}" in reason and "missing slices" in reason
+        assert "about 1 slice(s)" in reason and "IMG" in reason
+        for modality in tidy.index:
+            if modality == broken:
+                continue
+            assert modalities[modality]["status"] == "ok", (subject, modality)
+            a = nib.load(tmp_path / "messy" / "nifti" / subject / f"{modality}.nii.gz")
+            b = nib.load(tmp_path / "clean" / "nifti" / subject / f"{modality}.nii.gz")
+            assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)), modality
+            assert np.allclose(a.affine, b.affine, atol=1e-4)
+        assert tidy_status[subject]["status"] == "ok"
+
+
+def _convert_ct_and_pet(root: Path, work: Path) -> dict[str, np.ndarray]:
+    """calcirad's verified conversion of subject S001's CT and PET; voxel arrays by modality."""
+    from calcirad.convert import convert_series
+
+    arrays = {}
+    for prefix, modality in (("CT", "ct"), ("PET", "pet")):
+        folder = next((root / "dicom" / "S001").glob(f"{prefix}_*"))
+        convert_series(
+            subject="S001",
+            modality=modality,
+            files=sorted(folder.glob("*.dcm")),
+            out_nifti=work / f"{modality}.nii.gz",
+            out_sidecar=work / f"{modality}.json",
+            work_dir=work / "tmp",
+        )
+        arrays[modality] = np.asarray(nib.load(work / f"{modality}.nii.gz").dataobj)
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def tidy_one(tmp_path_factory) -> dict[str, np.ndarray]:
+    """CT and PET voxels of a one-subject tidy export, converted by calcirad."""
+    base = tmp_path_factory.mktemp("tidy_one")
+    return _convert_ct_and_pet(write_cohort(n=1, seed=8, out=base / "c"), base)
+
+
+@pytest.mark.parametrize("syntax", ALL_SYNTAXES)
+def test_each_compressed_syntax_converts_to_the_same_voxels(syntax, tidy_one, tmp_path):
+    """CT (signed int16) and PET (per-slice slopes) written in ``syntax`` give the tidy voxels."""
+    out = write_cohort(
+        n=1, seed=8, out=tmp_path / "c", messy={"compressed": 1.0, "syntaxes": [syntax]}
+    )
+    assert pd.read_csv(out / "truth" / "labels.tsv", sep="\t").export[0] == f"compressed={syntax}"
+    first = next((out / "dicom" / "S001").glob("CT_*/IM0001.dcm"))
+    assert pydicom.dcmread(first).file_meta.TransferSyntaxUID == getattr(pydicom.uid, syntax)
+    arrays = _convert_ct_and_pet(out, tmp_path)
+    for modality, tidy in tidy_one.items():
+        assert np.array_equal(arrays[modality], tidy), (syntax, modality)
+
+
+@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy not installed")
+def test_dciodvfy_accepts_localizer_compressed_and_coronal_series(messy_pair, cohort):
+    _, messy = messy_pair
+    firsts: dict[str, Path] = {}
+    for f in sorted((messy / "dicom").rglob("IMG*")):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        firsts.setdefault(f"{ds.SeriesInstanceUID}", f)
+    coronal = [
+        next(folder.glob("*.dcm"))
+        for folder in (cohort / "dicom").glob("*/MR_T2_*")
+        if "COR" in pydicom.dcmread(next(folder.glob("*.dcm"))).SeriesDescription
+    ]
+    assert coronal
+    for path in [*firsts.values(), *coronal]:
+        run = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True)
+        errors = [line for line in (run.stdout + run.stderr).splitlines() if "Error" in line]
+        assert not errors, (path, errors)

@@ -755,7 +755,95 @@ def test_extension_reaches_a_large_solid_mass_and_stops_at_the_bladder():
     }
     lesion = select_lesions(segment_ct(ct), policy="largest")
     extended = extend_mask(ct, lesion, images=images)
-    assert extended.sources == ("ct", "t2", "pet")
+    # With PET present, a solid part (T2 2.5 x muscle, as bright as oedema) comes from PET alone.
+    assert extended.sources == ("ct", "pet")
     assert segmentation_metrics(extended.mask, _mask_image(mass, ct))["dice"] >= 0.85
     inside = sitk.GetArrayViewFromImage(extended.mask) > 0
     assert (inside & bladder).sum() <= 0.02 * bladder.sum()
+
+
+def _mr_pet(origin, *, hu, parts):
+    """T2 (muscle 300) and PET (background SUV 0.8) on a coarse 4 mm grid; ``parts`` maps a mask to
+    (T2 x muscle, SUV)."""
+    body = hu > -500
+    t2 = np.where(body, 300.0, 5.0)
+    t2[hu < -50] = 700.0
+    pet = np.where(body, 0.8, 0.0)
+    for region, (t2_ratio, suv) in parts:
+        t2[region], pet[region] = 300.0 * t2_ratio, suv
+    coarse = _rotated_reference((4.0, 4.0, 4.0), 0, size=(50, 44, 30))
+    return {
+        name: sitk.Resample(_to_image(v, origin), coarse, sitk.Transform(), sitk.sitkLinear)
+        for name, v in (("t2", t2), ("pet", pet))
+    }
+
+
+def test_oedema_is_left_out_when_pet_tells_it_from_the_tumour():
+    """Solid mass (r 22 mm, FDG-avid) with a necrotic centre, a calcified core and a 12 mm shell of
+    perilesional oedema: oedema is as T2-bright as the tumour (2.5 x muscle) but FDG-cold."""
+    rng = np.random.default_rng(31)
+    x, y, z, origin = _grid(size=(90, 80, 40))
+    hu = _body(x, y, z, rng)
+    centre = (20, 0, 0)
+    oedema = _sphere(x, y, z, centre, 34)
+    mass = _sphere(x, y, z, centre, 22)
+    necrosis = _sphere(x, y, z, (28, 0, 0), 7)
+    core = _sphere(x, y, z, (12, 0, 0), 7)
+    hu[oedema] = rng.uniform(25, 40, oedema.sum())
+    hu[mass] = rng.uniform(35, 60, mass.sum())
+    hu[necrosis], hu[core] = 20.0, rng.uniform(300, 1200, core.sum())
+    ct = _to_image(hu, origin, rng=rng, noise=10)
+    images = _mr_pet(
+        origin,
+        hu=hu,
+        parts=[
+            (oedema & ~mass, (2.5, 1.0)),
+            (mass, (2.5, 7.0)),
+            (necrosis, (5.0, 1.0)),
+            (core, (0.2, 3.0)),
+        ],
+    )
+    lesion = select_lesions(segment_ct(ct), policy="largest")
+    extended = extend_mask(ct, lesion, images=images)
+    assert segmentation_metrics(extended.mask, _mask_image(mass, ct))["dice"] >= 0.85
+    inside = sitk.GetArrayViewFromImage(extended.mask) > 0
+    # at most the partial-volume layer at the tumour's edge (the oedema shell is 5 voxels thick)
+    assert (inside & oedema & ~mass).sum() <= 0.10 * (oedema & ~mass).sum()
+    assert inside[necrosis].mean() >= 0.9  # the necrotic centre (T2 5 x, FDG-cold) is tumour
+
+
+def test_cystic_lesion_keeps_its_septa_and_capsule():
+    """Tumoral calcinosis of fluid lobules (15 HU) and one calcified lobule, each walled by
+    septa (1.5 mm) of muscle density inside muscle: the walls belong to the mass, the muscle does not."""
+    rng = np.random.default_rng(32)
+    x, y, z, origin = _grid(size=(90, 80, 40))
+    hu = _body(x, y, z, rng)
+    centres = [(0, 0, 0), (21, 0, 0), (10, 18, 0), (10, 6, 18)]
+    truth = np.zeros(hu.shape, bool)
+    for n, c in enumerate(centres):
+        wall, lumen = _sphere(x, y, z, c, 11.5), _sphere(x, y, z, c, 10)
+        truth |= wall
+        hu[wall & ~lumen] = rng.uniform(40, 60, (wall & ~lumen).sum())
+        hu[lumen] = 900.0 if n == 0 else 15.0
+    ct = _to_image(hu, origin, rng=rng, noise=10)
+    truth_image = _mask_image(truth, ct)
+    walled = segmentation_metrics(select_lesions(segment_ct(ct), policy="largest"), truth_image)
+    bare = segmentation_metrics(
+        select_lesions(segment_ct(ct, params={"capsule_mm": 0}), policy="largest"), truth_image
+    )
+    assert walled["dice"] >= bare["dice"] + 0.08, (walled, bare)
+    assert walled["volume_ml"] <= 1.15 * walled["truth_volume_ml"], walled  # no muscle swallowed
+
+
+def test_thin_calcified_wall_touching_the_femur_is_not_a_cortical_rind():
+    """Chronic calcified haematoma (r 30 mm, 3 mm wall of 700 HU, 45 HU content) lying on the
+    right femoral shaft: its thin wall touches the bone at one place, unlike leftover cortex."""
+    rng, x, y, z, origin, hu, bone, marrow = _femur_case(33)
+    centre = (-95 + 14 + 31, 0, -60)
+    outer = _sphere(x, y, z, centre, 30) & ~bone
+    hu[outer] = 700.0
+    hu[_sphere(x, y, z, centre, 27)] = rng.uniform(35, 55, _sphere(x, y, z, centre, 27).sum())
+    ct = _to_image(hu, origin, rng=rng)
+    mask = select_lesions(segment_ct(ct), policy="largest")
+    assert segmentation_metrics(mask, _mask_image(outer, ct))["dice"] >= 0.85
+    assert ((sitk.GetArrayViewFromImage(mask) > 0) & bone).sum() <= 0.02 * outer.sum()

@@ -103,6 +103,13 @@ def run(tmp_path_factory) -> dict:
             "models": ["logreg_elasticnet"],
             "cv": {"outer_folds": 3, "outer_repeats": 1, "inner_folds": 2, "bootstrap": 200},
         },
+        # Kept small for time: 4 subjects (one of them a real patient when present), CT and PET,
+        # five perturbations.
+        "stability": {
+            "subjects": 4,
+            "modalities": ["ct", "pet"],
+            "perturbations": ["identity", "erode:1", "dilate:1", "shift:1,0,0", "shift:0,-1,0"],
+        },
     }
     config_path = base / "test_config.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -211,6 +218,8 @@ def test_every_subject_is_segmented_or_listed_as_a_failure(run):
     assert ct["dice"].between(0, 1).all() and (ct["hd95_mm"] >= 0).all()
     assert ct["dice"].median() > 0.5
     assert (ct["volume_ml"] > 0).all()
+    # the phantom's normal bone inside each CT mask (issue 5: at most 5 ml)
+    assert ct["bone_ml"].between(0, 5).all(), ct[["subject", "bone_ml"]]
 
 
 def test_feature_tables(run):
@@ -224,6 +233,28 @@ def test_feature_tables(run):
     prefixes = {c.split("_", 1)[0] for c in wide.columns if c != "subject"}
     assert prefixes == {"ct", "t1", "t2", "pet"}
     assert (features / "provenance.json").exists()
+
+
+def test_feature_stability_table(run):
+    table = pd.read_csv(run["results"] / "tables" / "feature_stability.csv")
+    assert list(table.columns) == [
+        "modality", "feature", "icc", "icc_ci_low", "icc_ci_high", "n_subjects",
+        "n_perturbations",
+    ]  # fmt: skip
+    assert set(table.modality) == {"ct", "pet"}
+    assert (table.n_perturbations == 5).all() and table.n_subjects.between(2, 4).all()
+    assert not table.duplicated(["modality", "feature"]).any()
+    assert table.icc.notna().mean() > 0.8
+    assert table.icc.dropna().between(-1, 1).all()
+    # Volume differs between lesions far more than a one-voxel contour change alters it.
+    icc = table.set_index(["modality", "feature"])["icc"]
+    for modality in ("ct", "pet"):
+        for feature in (
+            "original_shape_VoxelVolume",
+            "original_shape_MeshVolume",
+            "conv_volume_ml",
+        ):
+            assert icc[modality, feature] > 0.9, (modality, feature, icc[modality, feature])
 
 
 def test_performance_table(run):
@@ -388,6 +419,22 @@ def test_pet_parameter_change_reruns_only_pet_extraction_and_downstream(run):
 def test_model_setting_change_reruns_only_modelling_and_reporting(run):
     config = yaml.safe_load(yaml.safe_dump(run["config"]))
     config["model"]["cv"]["bootstrap"] = 300
+    planned = _planned(run, config)
+    assert planned["fit_model"] == 8
+    assert set(planned) <= {"fit_model", "model_tables", "figures", "cohort_table", "all"}, planned
+
+
+def test_stability_settings_rerun_only_stability_and_min_icc_only_models(run):
+    config = yaml.safe_load(yaml.safe_dump(run["config"]))
+    config["stability"]["perturbations"].append("shift:0,0,1")
+    planned = _planned(run, config)
+    assert planned["stability_features"] == 4 * 2  # subjects x modalities perturbed
+    # No extraction, segmentation or model job; the result tables are rewritten only because
+    # their provenance records a hash of the whole config.
+    only = {"stability_features", "feature_stability", "model_tables", "cohort_table", "all"}
+    assert set(planned) <= only, planned
+    config = yaml.safe_load(yaml.safe_dump(run["config"]))
+    config["model"]["min_icc"] = 0.75
     planned = _planned(run, config)
     assert planned["fit_model"] == 8
     assert set(planned) <= {"fit_model", "model_tables", "figures", "cohort_table", "all"}, planned

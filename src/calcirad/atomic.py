@@ -7,6 +7,7 @@ and renames it over the destination only once the content is complete.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +24,10 @@ def atomic_path(destination: str | os.PathLike[str]) -> Iterator[Path]:
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(destination.suffixes)
+    # A writer killed with SIGKILL (no finally) leaves its temporary file: remove such leftovers
+    # of earlier attempts (one writer per destination at a time, as Snakemake guarantees).
+    for stale in destination.parent.glob(f".{glob.escape(destination.name)}.*.tmp{suffix}"):
+        stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{destination.name}.", suffix=f".tmp{suffix}", dir=destination.parent
     )

@@ -23,6 +23,12 @@ def _phantom_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma-separated subtypes to use instead of the priors' mix (e.g. tc_uremic_active,esos)",
     )
     parser.add_argument("--priors", default=None, help="a priors YAML replacing the packaged one")
+    parser.add_argument(
+        "--messy",
+        action="store_true",
+        help="write PACS-like exports (mixed folders, localizers, compressed syntaxes, missing "
+        "slices) at the fractions of the priors' `messy` block",
+    )
 
 
 def _phantom_run(args: argparse.Namespace) -> int:
@@ -38,6 +44,7 @@ def _phantom_run(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         subtypes=subtypes,
         priors_path=args.priors,
+        messy=True if args.messy else None,
     )
     print(f"wrote {args.n} subjects to {out} in {time.perf_counter() - start:.1f} s")
     return 0

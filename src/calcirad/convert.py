@@ -282,7 +282,8 @@ def read_frames(files: list[Path], *, subject: str = "", series: str = "") -> li
         except (AttributeError, ValueError, RuntimeError, NotImplementedError) as error:
             raise where.fail(
                 f"pydicom cannot read the image: {error}",
-                hint="check the file; a missing decoder plugin would also cause this",
+                hint="re-copy or re-export the series (a truncated copy looks like this); "
+                "a missing decoder plugin would also cause it",
                 file=Path(path).name,
             ) from error
     if not frames or any(len(f.position) != 3 or len(f.spacing) != 2 for f in frames):
@@ -580,7 +581,8 @@ def convert_series(
         if factors is None:
             # dcm2niix's own bytes (stored integers and scl_slope/inter exactly as converted): a
             # nibabel re-save could re-scale integers lossily, which the check below would refuse.
-            tmp_nifti.write_bytes(gzip.compress(_plain_header_text(raw_nifti, modality)))
+            # mtime=0: the gzip header carries no clock, so a rerun writes identical bytes.
+            tmp_nifti.write_bytes(gzip.compress(_plain_header_text(raw_nifti, modality), mtime=0))
         else:
             final.header["descrip"] = f"calcirad {modality}".encode()
             final.header["aux_file"] = b""
@@ -593,6 +595,8 @@ def convert_series(
         subject=subject,
         modality=modality,
         series_uid=as_text(first.get("SeriesInstanceUID")),
+        # Segmentation carries the CT mask only onto series in the CT's frame of reference.
+        frame_of_reference_uid=as_text(first.get("FrameOfReferenceUID")),
         series=label,
         n_files=len(files),
         n_dicom_slices=len(frames),

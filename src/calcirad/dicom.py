@@ -51,6 +51,7 @@ from .atomic import write_text
 from .errors import SubjectInputError
 
 STAGE = "ingest"
+UNREADABLE = "unreadable"  # inventory label of a DICOM file whose header cannot be read
 LABELS = ("ct", "t1", "t2", "pet", "t1c")
 
 DEFAULT_CLASSIFICATION: dict = {
@@ -380,18 +381,41 @@ def _iter_files(study_dir: Path) -> Iterator[Path]:
                 yield Path(root) / name
 
 
+class UnreadableDicomError(Exception):
+    """A file that carries the DICOM marker but whose header cannot be read or grouped."""
+
+
+def _has_dicom_marker(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
 def _read_header(path: Path) -> Dataset | None:
-    """Header of a DICOM image file, or None for anything else (reports, DICOMDIR, non-DICOM)."""
+    """Header of a DICOM image file, or None for anything else (reports, DICOMDIR, non-DICOM).
+
+    Raises UnreadableDicomError for a file with the DICOM marker (``DICM`` at byte 128) whose
+    header cannot be parsed or lacks SeriesInstanceUID (a truncated or corrupt copy): such a file
+    is most likely a lost slice, which must not vanish silently.
+    """
     if not _looks_like_dicom(path):
         return None
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError):
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as error:
+        if _has_dicom_marker(path):
+            raise UnreadableDicomError(f"{type(error).__name__}: {error}") from error
         return None
     meta = getattr(ds, "file_meta", None)
     if meta is not None and as_text(meta.get("MediaStorageSOPClassUID")) == DICOMDIR_SOP:
         return None
-    return ds if "SeriesInstanceUID" in ds else None
+    if "SeriesInstanceUID" not in ds:
+        if _has_dicom_marker(path):
+            raise UnreadableDicomError("the header ends before SeriesInstanceUID")
+        return None
+    return ds
 
 
 def _position_along_normal(header: _FileHeader) -> tuple[float, int, str]:
@@ -523,11 +547,14 @@ def floats_or_text(value: object) -> tuple[str, ...]:
     return tuple(str(v).strip() for v in value)
 
 
-def discover_series(study_dir: Path) -> list[SeriesInfo]:
+def discover_series(
+    study_dir: Path, *, unreadable: list[tuple[str, str]] | None = None
+) -> list[SeriesInfo]:
     """Every series under ``study_dir`` (any nesting and file names), ordered by series number.
 
     Non-DICOM files and DICOMDIR are skipped; files without SeriesInstanceUID cannot be grouped and
-    are skipped too.
+    are skipped too. Files with the DICOM marker whose header cannot be read are appended to
+    ``unreadable`` as (absolute path, reason) when a list is given.
     """
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
@@ -538,7 +565,12 @@ def discover_series(study_dir: Path) -> list[SeriesInfo]:
         )
     groups: dict[str, list[_FileHeader]] = defaultdict(list)
     for path in _iter_files(study_dir):
-        ds = _read_header(path)
+        try:
+            ds = _read_header(path)
+        except UnreadableDicomError as error:
+            if unreadable is not None:
+                unreadable.append((os.path.abspath(path), str(error)))
+            continue
         if ds is not None:
             groups[as_text(ds.SeriesInstanceUID)].append(_FileHeader(str(path), ds))
     series = [_series_from_headers(headers, study_dir) for headers in groups.values()]
@@ -785,6 +817,8 @@ class Inventory:
     rows: list[dict]
     chosen: dict[str, SeriesInfo]
     rules: dict = field(default_factory=dict)
+    # (absolute path, reason) of files with the DICOM marker whose header cannot be read
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     def to_json(self, path: Path) -> None:
         """Write atomically (UTF-8 JSON; file paths are those of the study folder)."""
@@ -839,8 +873,9 @@ def build_inventory(
     """
     rules = merged_rules(rules)
     study_dir = Path(study_dir)
+    unreadable: list[tuple[str, str]] = []
     try:
-        series = discover_series(study_dir)
+        series = discover_series(study_dir, unreadable=unreadable)
     except SubjectInputError as error:  # discovery does not know the subject: add it
         raise SubjectInputError(
             error.reason, subject=subject, stage=STAGE, hint=error.hint
@@ -878,7 +913,23 @@ def build_inventory(
         rows.append(
             _row(subject=subject, series=s, label=decision.label, reason=reason, chosen=is_chosen)
         )
-    return Inventory(subject=subject, rows=rows, chosen=chosen, rules=rules)
+    identifiers = frozenset().union(*(s.identifiers for s in series))
+    for path, why in unreadable:
+        relative = Path(os.path.relpath(path, study_dir))
+        rows.append(
+            {
+                **dict.fromkeys(INVENTORY_COLUMNS),
+                "subject": subject,
+                "folder": redact(relative.parent.as_posix(), identifiers),
+                "modality": UNREADABLE,
+                "reason": redact(
+                    f"file {relative.name}: DICOM header unreadable ({why})", identifiers
+                ),
+                "chosen": False,
+                "n_files": 1,
+            }
+        )
+    return Inventory(subject=subject, rows=rows, chosen=chosen, rules=rules, unreadable=unreadable)
 
 
 def _choose(series, decisions, pinned, prefer) -> tuple[dict[str, SeriesInfo], dict[str, str]]:

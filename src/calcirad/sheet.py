@@ -10,6 +10,7 @@ and its data can be moved together.
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ from calcirad.errors import ConfigError
 REQUIRED_COLUMNS = ("subject", "label", "site", "dicom")
 LABELS = ("tc", "sarcoma", "mimic")
 CLINICAL_COLUMNS = ("age", "sex", "eskd", "phosphate_mg_dl")
+SUBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # as in workflow/schemas/samples.schema.yaml
 
 
 def _empty_cells_as_none(sheet: pd.DataFrame) -> pd.DataFrame:
@@ -68,6 +70,11 @@ def check_sheet(
     resolved = []
     for row_number, row in enumerate(sheet.itertuples(index=False), start=1):
         where = f"row {row_number} (subject {row.subject})"
+        if not SUBJECT_ID.fullmatch(str(row.subject or "")):
+            problems.append(
+                f"{where}: subject ID {row.subject!r} must start with a letter or digit and hold "
+                "only letters, digits, '_', '.' and '-' (it names every output file)"
+            )
         if row.label not in LABELS:
             problems.append(f"{where}: label {row.label!r} is not one of {', '.join(LABELS)}")
         study = (base / row.dicom).resolve() if row.dicom else None

@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 from calcirad.errors import ConfigError
 from calcirad.sheet import CLINICAL_COLUMNS, check_sheet, read_sheet
+from calcirad.stability import select_subjects
 from calcirad.steps.common import code_version
 from calcirad.steps.report import FIGURES
 from calcirad.tables import config_hash
@@ -30,10 +31,12 @@ def workflow_path(path):
 config["radiomics"] = {m: workflow_path(p) for m, p in config["radiomics"].items()}
 
 _sheet = read_sheet(config["samples"])
-validate(_sheet, "../schemas/samples.schema.yaml")
+# check_sheet first: its messages name the sheet, the row (1-based), the subject and the column;
+# the schema then checks what is left (types, optional columns).
 samples = check_sheet(
     _sheet, sheet_path=config["samples"], data_root=config["data_root"]
 )
+validate(_sheet, "../schemas/samples.schema.yaml")
 
 SUBJECTS = list(samples["subject"])
 MODALITIES = list(config["modalities"])
@@ -62,11 +65,37 @@ CODE = {
     "segment": code_version("calcirad.segment", "calcirad.steps.segment"),
     "qc": code_version("calcirad.qc"),
     "features": code_version("calcirad.features", "calcirad.steps.features"),
+    "stability": code_version(
+        "calcirad.stability", "calcirad.features", "calcirad.steps.stability"
+    ),
     "model": code_version("calcirad.model", "calcirad.steps.model"),
     "tables": code_version(
         "calcirad.tables", "calcirad.figures", "calcirad.steps.report"
     ),
 }
+
+
+# Feature stability under mask perturbation: which subjects and modalities are perturbed
+# (a deterministic subsample by default: see calcirad.stability.select_subjects).
+STABILITY_SUBJECTS = select_subjects(SUBJECTS, config["stability"]["subjects"])
+STABILITY_MODALITIES = [
+    m for m in MODALITIES if m in (config["stability"]["modalities"] or MODALITIES)
+]
+STABILITY_TARGETS = (
+    ["results/tables/feature_stability.csv"]
+    if STABILITY_SUBJECTS and STABILITY_MODALITIES
+    else []
+)
+if config["model"]["min_icc"] is not None and not STABILITY_TARGETS:
+    raise ConfigError(
+        "model.min_icc needs the feature stability table, but stability.subjects or "
+        "stability.modalities selects nothing"
+    )
+
+
+def stability_table_input(wildcards):
+    """The stability table, for the model jobs only when model.min_icc filters on it."""
+    return STABILITY_TARGETS if config["model"]["min_icc"] is not None else []
 
 
 # The IBSI check runs only where its data is (rule ibsi_compliance is defined regardless).
@@ -94,11 +123,15 @@ def series_pins(wildcards):
 
 
 def truth_mask(wildcards):
-    """Ground-truth lesion mask of a subject, when the config names a truth folder that has it."""
+    """Ground truth of a subject, when the config names a truth folder that has it: the lesion
+    mask, then (when present) the normal-bone mask of the phantom."""
     if not config["truth"]:
         return []
-    path = Path(config["truth"]) / wildcards.subject / "lesion.nii.gz"
-    return [str(path)] if path.exists() else []
+    folder = Path(config["truth"]) / wildcards.subject
+    lesion, bone = folder / "lesion.nii.gz", folder / "bone.nii.gz"
+    if not lesion.exists():
+        return []
+    return [str(lesion)] + ([str(bone)] if bone.exists() else [])
 
 
 def user_masks(wildcards):

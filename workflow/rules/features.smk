@@ -36,6 +36,8 @@ rule features_table:
         "results/features/{modality}.csv",
     log:
         "logs/features_table/{modality}.log",
+    benchmark:
+        "benchmarks/features_table/{modality}.tsv"
     conda:
         "../../envs/features.yaml"
     script:
@@ -55,6 +57,8 @@ rule features_all:
         provenance="results/features/provenance.json",
     log:
         "logs/features_all.log",
+    benchmark:
+        "benchmarks/features_all.tsv"
     conda:
         "../../envs/features.yaml"
     params:
@@ -80,6 +84,8 @@ rule ibsi_compliance:
         ),
     log:
         "logs/ibsi_compliance.log",
+    benchmark:
+        "benchmarks/ibsi_compliance.tsv"
     conda:
         "../../envs/features.yaml"
     params:

@@ -9,6 +9,8 @@ rule ingest:
         "results/ingest/{subject}.json",
     log:
         "logs/ingest/{subject}.log",
+    benchmark:
+        "benchmarks/ingest/{subject}.tsv"
     group:
         "subject"
     conda:
@@ -36,6 +38,8 @@ rule series_inventory:
         ),
     log:
         "logs/series_inventory.log",
+    benchmark:
+        "benchmarks/series_inventory.tsv"
     conda:
         "../../envs/ingest.yaml"
     script:

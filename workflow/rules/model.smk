@@ -5,6 +5,8 @@
 rule fit_model:
     input:
         features="results/features/all.csv",
+        # only when model.min_icc filters features on it (ICC is label-free: no leakage)
+        stability=stability_table_input,
     output:
         "results/models/{task}/{feature_set}/{model}.json",
     log:
@@ -48,6 +50,8 @@ rule model_tables:
         ),
     log:
         "logs/model_tables.log",
+    benchmark:
+        "benchmarks/model_tables.tsv"
     conda:
         "../../envs/model.yaml"
     params:

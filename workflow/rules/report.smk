@@ -20,6 +20,8 @@ rule failures:
         ),
     log:
         "logs/failures.log",
+    benchmark:
+        "benchmarks/failures.tsv"
     conda:
         "../../envs/model.yaml"
     script:
@@ -43,6 +45,8 @@ rule cohort_table:
         ),
     log:
         "logs/cohort_table.log",
+    benchmark:
+        "benchmarks/cohort_table.tsv"
     conda:
         "../../envs/model.yaml"
     params:
@@ -72,6 +76,8 @@ rule figures:
         ),
     log:
         "logs/figures/{task}.log",
+    benchmark:
+        "benchmarks/figures/{task}.tsv"
     conda:
         "../../envs/model.yaml"
     params:

@@ -39,6 +39,8 @@ rule qc:
         ),
     log:
         "logs/qc/{subject}.log",
+    benchmark:
+        "benchmarks/qc/{subject}.tsv"
     group:
         "subject"
     conda:
@@ -63,6 +65,8 @@ rule segmentation_table:
         ),
     log:
         "logs/segmentation_table.log",
+    benchmark:
+        "benchmarks/segmentation_table.tsv"
     conda:
         "../../envs/segment.yaml"
     script:

@@ -14,4 +14,6 @@ with job_log(snakemake.log[0]):
         model=snakemake.wildcards.model,
         settings=dict(snakemake.params.settings),
         out_json=snakemake.output[0],
+        # a list: the stability table when model.min_icc is set, else empty
+        stability_csv=next(iter(snakemake.input.stability), None),
     )

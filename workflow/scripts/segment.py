@@ -10,6 +10,7 @@ with job_log(snakemake.log[0]):
         out_dir=snakemake.output[0],
         segmentation=dict(snakemake.params.segmentation),
         truth=snakemake.input.truth[0] if snakemake.input.truth else None,
+        truth_bone=snakemake.input.truth[1] if len(snakemake.input.truth) > 1 else None,
         user_masks={
             name.removeprefix("mask_"): path
             for name, path in snakemake.input.items()

@@ -18,6 +18,7 @@ Missing-modality rule (``missing``):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,3 +194,21 @@ def class_counts(y: pd.Series) -> dict[int, int]:
     """Subjects per class code, every code present."""
     values, counts = np.unique(y.to_numpy(), return_counts=True)
     return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def drop_unstable(
+    features: pd.DataFrame, stability: pd.DataFrame, *, min_icc: float
+) -> tuple[pd.DataFrame, list[str]]:
+    """Drop the wide-table columns whose ICC(3,1) under mask perturbation is below ``min_icc``.
+
+    ``stability`` is ``results/tables/feature_stability.csv`` (modality, feature, icc, ...); its
+    feature ``f`` of modality ``m`` is column ``m_f`` of the wide table. A column with no ICC
+    (modality not assessed, ICC undefined for a constant feature) is kept: constant columns go in
+    the pipeline's variance step. ICC uses no labels, so filtering on it before the
+    cross-validation leaks no outcome information. Returns the kept table and the dropped columns.
+    """
+    known = stability.dropna(subset=["icc"])
+    columns = known["modality"].astype(str) + "_" + known["feature"].astype(str)
+    icc = dict(zip(columns, known["icc"].astype(float), strict=True))
+    dropped = sorted(c for c in map(str, features.columns) if icc.get(c, math.inf) < min_icc)
+    return features.drop(columns=dropped), dropped

@@ -2,7 +2,10 @@
 
 Layout under ``out``: ``dicom/<subject>/<series>/IM####.dcm``, ``samples.tsv``,
 ``truth/labels.tsv``, ``truth/<subject>/{lesion,bone}.nii.gz`` (CT grid) and ``lesions.json``.
-Everything is a function of (seed, n, size, subtypes, priors): no wall clock, no global state.
+With messy exports on (priors ``messy``), a subject may instead have all its files in
+``dicom/<subject>/EXPORT/`` under opaque names, a localizer, a compressed transfer syntax or a
+missing slice; ``truth/labels.tsv`` says which (column ``export``).
+Everything is a function of (seed, n, size, subtypes, priors, messy): no wall clock, no global state.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom.uid
 import SimpleITK as sitk
+from pydicom.pixels.encoders.base import get_encoder
 from scipy import ndimage
 
 from calcirad.atomic import write_text
@@ -28,8 +33,15 @@ from calcirad.phantom import anatomy
 from calcirad.phantom.dicom_writer import Study, uid, write_series
 from calcirad.phantom.geometry import Grid
 from calcirad.phantom.identity import make_identity
-from calcirad.phantom.lesions import build_lesions
-from calcirad.phantom.modalities import acquisitions, encode, form_image, ideal_image
+from calcirad.phantom.lesions import Lesion, build_lesions
+from calcirad.phantom.modalities import (
+    Acquisition,
+    acquisitions,
+    encode,
+    form_image,
+    ideal_image,
+    localizer,
+)
 from calcirad.phantom.priors import Priors, chance, draw, load_priors
 from calcirad.phantom.render import render
 
@@ -51,7 +63,10 @@ TRUTH_COLUMNS = [
     "ct_mean_hu_true",
     "weight_kg",
     "t1c",
+    "export",
 ]
+MESSY_CASES = ("mixed_folder", "scout", "compressed", "missing_slice")
+MessySpec = bool | Mapping[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -146,6 +161,99 @@ def _times(priors: Priors, rng: np.random.Generator) -> dict[str, dt.datetime]:
     }
 
 
+def resolve_messy(priors: Priors, messy: MessySpec) -> dict[str, Any] | None:
+    """The messy-export settings in force, or None when off.
+
+    ``messy`` None follows the priors' ``messy.enabled``; True/False force the priors' fractions
+    on/off; a mapping turns on only the cases it names (fraction 0-1 each; ``syntaxes`` optional).
+    """
+    block = dict(priors.get("messy") or {})
+    if messy is None:
+        messy = bool(block.get("enabled", False))
+    if messy is False:
+        return None
+    given = dict(block) if messy is True else dict(messy)
+    unknown = sorted(set(given) - {*MESSY_CASES, "syntaxes", "enabled"})
+    if unknown:
+        raise ConfigError(f"unknown messy export case(s) {unknown}; known: {list(MESSY_CASES)}")
+    out: dict[str, Any] = {}
+    for case in MESSY_CASES:
+        value = float(given.get(case, 0.0))
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"messy.{case} must be a fraction in [0, 1], got {value}")
+        out[case] = value
+    syntaxes = list(given.get("syntaxes", block.get("syntaxes", ["RLELossless"])))
+    for name in syntaxes:
+        syntax = getattr(pydicom.uid, str(name), None)
+        if not isinstance(syntax, pydicom.uid.UID) or not syntax.is_compressed:
+            raise ConfigError(f"messy.syntaxes: {name!r} is not a compressed transfer syntax")
+        encoder = get_encoder(syntax) if syntax.is_encapsulated else None
+        if encoder is None or not encoder.is_available:
+            raise ConfigError(f"messy.syntaxes: no pydicom encoder installed for {name}")
+    out["syntaxes"] = syntaxes
+    return out
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """How one subject's study is exported: the messy cases that apply to it."""
+
+    mixed_folder: bool = False
+    scout: bool = False
+    syntax: str | None = None  # pydicom.uid name of the compressed transfer syntax
+    missing_series: int | None = None  # index into the subject's series list
+    missing_at: float = 0.5  # where in that series (fraction of its slices)
+
+    def notes(self, missing: str | None) -> str:
+        parts = ["mixed_folder"] if self.mixed_folder else []
+        parts += ["scout"] if self.scout else []
+        parts += [f"compressed={self.syntax}"] if self.syntax else []
+        parts += [f"missing_slice={missing}"] if missing else []
+        return ";".join(parts) or "clean"
+
+
+def plan_export(messy: Mapping[str, Any] | None, *, seed: int, index: int) -> ExportPlan:
+    """Draw a subject's messy cases from its own stream ``[seed, 3, index]`` (a fixed number of
+    draws, so each case depends only on its own fraction and never on the images)."""
+    if not messy:
+        return ExportPlan()
+    rng = np.random.default_rng([seed, 3, index])
+    u = rng.random(len(MESSY_CASES))
+    syntax = messy["syntaxes"][int(rng.integers(len(messy["syntaxes"])))]
+    series, at = int(rng.integers(1 << 30)), float(rng.uniform(0.3, 0.7))
+    hit = {case: bool(u[i] < messy[case]) for i, case in enumerate(MESSY_CASES)}
+    return ExportPlan(
+        mixed_folder=hit["mixed_folder"],
+        scout=hit["scout"],
+        syntax=syntax if hit["compressed"] else None,
+        missing_series=series if hit["missing_slice"] else None,
+        missing_at=at,
+    )
+
+
+def _drop_slice(study_dir: Path, plan: ExportPlan) -> str:
+    """Delete one slice file inside one volume series (never the first or last); return it."""
+    folders = sorted(p for p in study_dir.iterdir() if p.is_dir() and p.name != "SCOUT_1")
+    folder = folders[plan.missing_series % len(folders)]
+    files = sorted(folder.glob("*.dcm"))
+    k = min(max(1, int(plan.missing_at * len(files))), len(files) - 2)
+    files[k].unlink()
+    return f"{folder.name}/{files[k].name}"
+
+
+def _flatten(study_dir: Path, *, seed: int, index: int) -> None:
+    """Move every file into ``EXPORT/`` under opaque names (no extension), series interleaved."""
+    files = sorted(study_dir.rglob("*.dcm"))
+    order = np.random.default_rng([seed, 4, index]).permutation(len(files))
+    flat = study_dir / "EXPORT"
+    flat.mkdir()
+    for n, i in enumerate(order):
+        os.replace(files[i], flat / f"IMG{n + 1:05d}")
+    for folder in study_dir.iterdir():
+        if folder != flat:
+            folder.rmdir()
+
+
 def _z_bounds(grids: Sequence[Grid]) -> tuple[float, float]:
     """z range (mm) inside every grid."""
     lows = [g.origin[2] for g in grids]
@@ -167,10 +275,27 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
-def generate_subject(
-    plan: SubjectPlan, *, seed: int, out: Path, size: str, priors: Priors
-) -> dict[str, Any]:
-    """Simulate and write one subject; return its truth row."""
+@dataclass
+class Scene:
+    """One subject before any image is formed: who, when, what series, which lesions.
+
+    ``rng`` is the subject's stream, positioned where image formation (noise) goes on drawing.
+    """
+
+    rng: np.random.Generator
+    clinical: dict[str, Any]
+    body: anatomy.Body
+    weight: float
+    with_t1c: bool
+    times: dict[str, dt.datetime]
+    acqs: list[Acquisition]
+    lesions: list[Lesion]
+    tissues: dict[str, dict[str, float]]
+    study: Study
+
+
+def build_scene(plan: SubjectPlan, *, seed: int, size: str, priors: Priors) -> Scene:
+    """The deterministic scene of ``plan``'s subject (as generate_subject draws it)."""
     rng = np.random.default_rng([seed, 1, plan.index])
     spec = priors["entities"][plan.subtype]
     clinical = _clinical(spec, priors, rng)
@@ -225,12 +350,51 @@ def generate_subject(
         dose_bq=dose,
         half_life_s=half_life,
     )
+    return Scene(
+        rng=rng,
+        clinical=clinical,
+        body=body,
+        weight=weight,
+        with_t1c=with_t1c,
+        times=times,
+        acqs=acqs,
+        lesions=lesions,
+        tissues=tissues,
+        study=study,
+    )
+
+
+def render_truth(scene: Scene, grid: Grid) -> np.ndarray:
+    """The lesion label map (z, y, x; 0 outside, lesion index inside) of ``scene`` on ``grid``."""
+    _, truth, _ = render(
+        grid=grid, body=scene.body, tissues=scene.tissues, lesions=scene.lesions, key="ct"
+    )
+    return truth
+
+
+def generate_subject(
+    plan: SubjectPlan,
+    *,
+    seed: int,
+    out: Path,
+    size: str,
+    priors: Priors,
+    messy: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Simulate and write one subject; return its truth row. ``messy``: see resolve_messy."""
+    scene = build_scene(plan, seed=seed, size=size, priors=priors)
+    rng, clinical, body, times = scene.rng, scene.clinical, scene.body, scene.times
+    acqs, lesions, tissues, study = scene.acqs, scene.lesions, scene.tissues, scene.study
     dicom_tmp = out / "dicom" / f".{plan.subject}.partial"
     truth_tmp = out / "truth" / f".{plan.subject}.partial"
     for tmp in (dicom_tmp, truth_tmp):
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     row: dict[str, Any] = {}
+    export = plan_export(messy, seed=seed, index=plan.index)
+    syntax = (
+        getattr(pydicom.uid, export.syntax) if export.syntax else pydicom.uid.ExplicitVRLittleEndian
+    )
     for acq in acqs:
         values, truth, bone = render(
             grid=acq.grid, body=body, tissues=tissues, lesions=lesions, key=acq.key
@@ -246,7 +410,20 @@ def generate_subject(
             stored=stored,
             slopes=slopes,
             intercept=intercept,
+            transfer_syntax=syntax,
         )
+        if acq.modality == "CT" and export.scout:
+            scout, pixels = localizer(acq, values)
+            write_series(
+                folder=dicom_tmp,
+                study=study,
+                acq=scout,
+                when=when - dt.timedelta(minutes=1),
+                stored=pixels,
+                slopes=[1.0],
+                intercept=0.0,
+                transfer_syntax=syntax,
+            )
         if acq.modality == "CT":
             _write_nifti(truth_tmp / "lesion.nii.gz", truth.astype(np.uint8), acq.grid)
             _write_nifti(truth_tmp / "bone.nii.gz", bone.astype(np.uint8), acq.grid)
@@ -265,6 +442,9 @@ def generate_subject(
         "lesions": [lesion.summary() for lesion in lesions],
     }
     (truth_tmp / "lesions.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    missing = _drop_slice(dicom_tmp, export) if export.missing_series is not None else None
+    if export.mixed_folder:
+        _flatten(dicom_tmp, seed=seed, index=plan.index)
     _replace_dir(dicom_tmp, out / "dicom" / plan.subject)
     _replace_dir(truth_tmp, out / "truth" / plan.subject)
     return {
@@ -273,8 +453,9 @@ def generate_subject(
         "subtype": plan.subtype,
         "site": plan.site,
         "n_lesions": len(lesions),
-        "weight_kg": weight,
-        "t1c": int(with_t1c),
+        "weight_kg": scene.weight,
+        "t1c": int(scene.with_t1c),
+        "export": export.notes(missing),
         **clinical,
         **row,
     }
@@ -295,12 +476,14 @@ def write_cohort(
     jobs: int = 1,
     subtypes: SubtypeSpec = None,
     priors_path: str | os.PathLike[str] | None = None,
+    messy: MessySpec = None,
 ) -> Path:
     """Write a synthetic multi-modal DICOM cohort of ``n`` subjects under ``out``; return ``out``.
 
     ``subtypes``: None (the priors' mix), a list of subtype names (equal weights) or a mapping
-    subtype -> weight. ``priors_path`` replaces the packaged priors.yaml. Same arguments give
-    byte-identical files.
+    subtype -> weight. ``priors_path`` replaces the packaged priors.yaml. ``messy`` writes
+    PACS-like exports (see resolve_messy; default: the priors' ``messy.enabled``, off). Same
+    arguments give byte-identical files.
     """
     if n < 1:
         raise ConfigError("n must be at least 1")
@@ -311,7 +494,13 @@ def write_cohort(
     (out / "dicom").mkdir(parents=True, exist_ok=True)
     (out / "truth").mkdir(parents=True, exist_ok=True)
     plans = plan_cohort(n=n, seed=seed, priors=priors, subtypes=subtypes)
-    kwargs = {"seed": seed, "out": out, "size": size, "priors": priors}
+    kwargs = {
+        "seed": seed,
+        "out": out,
+        "size": size,
+        "priors": priors,
+        "messy": resolve_messy(priors, messy),
+    }
     if jobs <= 1:
         rows = [generate_subject(p, **kwargs) for p in plans]
     else:

@@ -1,8 +1,11 @@
 """Write one simulated series as DICOM Part 10 files (explicit VR little endian) with pydicom.
 
-Geometry: axial slices, ImageOrientationPatient [1,0,0,0,1,0], ImagePositionPatient = LPS mm of
-the first voxel of each slice, slices ordered by increasing z (IM0001 is the most caudal).
+Geometry: axial slices, ImageOrientationPatient [1,0,0,0,1,0] (IM0001 the most caudal), or coronal
+slices [1,0,0,0,0,-1] (head at the top row, IM0001 the most anterior); ImagePositionPatient = LPS
+mm of the first transmitted pixel of each slice, slices in increasing position along the normal.
 UIDs come from ``generate_uid(entropy_srcs=...)`` so the same seed gives the same files.
+A series may be written in a compressed transfer syntax (``transfer_syntax``), and a CT study may
+carry a localizer (``write_localizer``), as real exports do.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from calcirad.phantom.geometry import slice_geometry, to_slices
 from calcirad.phantom.identity import Identity
 from calcirad.phantom.modalities import Acquisition
 
@@ -30,6 +34,8 @@ SOP_CLASS = {
     "PT": PositronEmissionTomographyImageStorage,
 }
 F18_HALF_LIFE_S = 6586.2
+# PatientPosition for PET, kept where the PET IOD allows it: see _pet_tags
+PRIVATE_GROUP, PRIVATE_CREATOR = 0x0009, "CALCIRAD PHANTOM"
 
 
 @dataclass(frozen=True)
@@ -88,10 +94,7 @@ def _base(study: Study, acq: Acquisition, when: dt.datetime) -> Dataset:
     ds.PatientAge = study.identity.age
     ds.PatientWeight = f"{study.weight_kg:.1f}"
     ds.PatientSize = f"{study.height_m:.2f}"
-    if acq.modality != "PT":
-        # PET carries the NM/PET Patient Orientation module instead: the standard forbids
-        # PatientPosition beside PatientOrientationCodeSequence (dciodvfy error); dcm2niix then
-        # warns "Patient Position (0018,5100) not specified", harmless for axial images
+    if acq.modality != "PT":  # PET: see _pet_tags
         ds.PatientPosition = "HFS"
     ds.StudyInstanceUID = study.study_uid
     ds.SeriesInstanceUID = uid(study.uid_seed, "series", acq.name)
@@ -100,20 +103,32 @@ def _base(study: Study, acq: Acquisition, when: dt.datetime) -> Dataset:
     ds.AcquisitionNumber = 1
     ds.FrameOfReferenceUID = study.frame_uid
     ds.PositionReferenceIndicator = ""
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    sx, sy, sz = acq.grid.spacing
-    ds.PixelSpacing = [f"{sy:g}", f"{sx:g}"]  # row spacing (y), column spacing (x)
-    ds.SliceThickness = f"{sz:g}"
-    ds.SpacingBetweenSlices = f"{sz:g}"
+    geometry = slice_geometry(acq.grid, acq.plane)
+    ds.ImageOrientationPatient = [int(v) for v in geometry["orientation"]]  # unit axes
+    row_mm, column_mm = geometry["pixel_spacing"]
+    ds.PixelSpacing = [f"{row_mm:g}", f"{column_mm:g}"]  # between rows, between columns
+    ds.SliceThickness = f"{geometry['slice_mm']:g}"
+    ds.SpacingBetweenSlices = f"{geometry['slice_mm']:g}"
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = acq.grid.shape[1], acq.grid.shape[2]
+    ds.Rows, ds.Columns = geometry["rows"], geometry["columns"]
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
     return ds
 
 
 def _ct_tags(ds: Dataset, study: Study, acq: Acquisition) -> None:
     vendor = study.site["ct"]
+    if acq.tags.get("localizer"):  # a topogram: projection image, not in HU
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+        ds.SeriesDescription = ds.ProtocolName = "Topogram 0.6 T20f"
+        ds.KVP = "120"
+        ds.XRayTubeCurrent = 35
+        ds.ExposureTime = 2800
+        ds.ConvolutionKernel = "T20f"
+        ds.GantryDetectorTilt = "0"
+        ds.WindowCenter, ds.WindowWidth = "1600", "3200"
+        ds.RescaleType = "US"
+        return
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SeriesDescription = ds.ProtocolName = "PELVIS 3.0 " + vendor["kernel"]
     ds.KVP = "120"
@@ -177,6 +192,15 @@ def _pet_tags(ds: Dataset, study: Study, acq: Acquisition) -> None:
         _code("40199007", "SCT", "supine")
     ]
     ds.PatientGantryRelationshipCodeSequence = [_code("102540008", "SCT", "headfirst")]
+    # The PET IOD's mandatory (Type 2) PatientOrientationCodeSequence forbids PatientPosition
+    # at the top level (PS3.3 C.7.3.1; dciodvfy: "Shall not be present when
+    # PatientOrientationCodeSequence is present", even for an empty sequence), yet dcm2niix warns
+    # "Patient Position (0018,5100) not specified" without it. dcm2niix reads (0018,5100) at any
+    # sequence depth, so the value also goes into a private sequence item, which the IOD allows.
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    position = Dataset()
+    position.PatientPosition = "HFS"
+    block.add_new(0x10, "SQ", [position])
     drug = Dataset()
     drug.Radiopharmaceutical = "Fludeoxyglucose"
     drug.RadiopharmaceuticalStartTime = _tm(study.injection)
@@ -207,8 +231,11 @@ def write_series(
     stored: np.ndarray,
     slopes: list[float],
     intercept: float,
+    transfer_syntax: str = ExplicitVRLittleEndian,
 ) -> Path:
-    """Write ``stored`` (nz, ny, nx) as ``folder/<name>_<number>/IM####.dcm``; return the folder."""
+    """Write ``stored`` (nz, ny, nx) as ``folder/<name>_<number>/IM####.dcm`` in ``acq.plane``
+    slices and ``transfer_syntax`` (a lossless one: pixels stay identical); return the folder.
+    ``slopes`` are per axial slice (PET is always axial)."""
     series_dir = folder / f"{acq.name}_{acq.series_number}"
     series_dir.mkdir(parents=True, exist_ok=True)
     ds = _base(study, acq, when)
@@ -218,15 +245,14 @@ def write_series(
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
-    x0, y0, z0 = acq.grid.origin
-    dz = acq.grid.spacing[2]
-    for k in range(stored.shape[0]):
+    geometry = slice_geometry(acq.grid, acq.plane)
+    slices = to_slices(stored, acq.plane)
+    for k, (x, y, z) in enumerate(geometry["positions"]):
         sop = uid(study.uid_seed, acq.name, k)
         ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = sop
         ds.InstanceNumber = k + 1
-        z = z0 + k * dz
-        ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{z:.4f}"]
-        ds.SliceLocation = f"{z:.4f}"
+        ds.ImagePositionPatient = [f"{x:.4f}", f"{y:.4f}", f"{z:.4f}"]
+        ds.SliceLocation = f"{y if acq.plane == 'coronal' else z:.4f}"
         if acq.modality != "MR":  # the MR Image IOD has no rescale (stored = scanner units)
             ds.RescaleIntercept = f"{intercept:g}"
             ds.RescaleSlope = f"{slopes[k]:.6g}"
@@ -235,9 +261,21 @@ def write_series(
         if acq.modality == "MR":
             # interleaved 2D multi-slice: each slice excited at its own time within one TR
             # (dcm2niix derives slice timing from these and flags identical times as bogus)
-            order = (k // 2) if k % 2 == 0 else (stored.shape[0] + 1) // 2 + k // 2
-            t = when + dt.timedelta(milliseconds=order * acq.tags["tr_ms"] / stored.shape[0])
+            n = len(slices)
+            order = (k // 2) if k % 2 == 0 else (n + 1) // 2 + k // 2
+            t = when + dt.timedelta(milliseconds=order * acq.tags["tr_ms"] / n)
             ds.AcquisitionTime = t.strftime("%H%M%S.%f")
-        ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+        _set_pixels(ds, slices[k], transfer_syntax)
         ds.save_as(series_dir / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
     return series_dir
+
+
+def _set_pixels(ds: Dataset, pixels: np.ndarray, transfer_syntax: str) -> None:
+    """Store one frame, encoded losslessly when ``transfer_syntax`` is a compressed one."""
+    pixels = np.ascontiguousarray(pixels)
+    if transfer_syntax == ExplicitVRLittleEndian:
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.PixelData = pixels.tobytes()
+        ds["PixelData"].VR = "OW"
+        return
+    ds.compress(transfer_syntax, pixels, generate_instance_uid=False)

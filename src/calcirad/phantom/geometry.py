@@ -34,6 +34,19 @@ class Grid:
         )
         return cls(shape=(slices, matrix, matrix), origin=origin, spacing=spacing)
 
+    @classmethod
+    def coronal(
+        cls, *, centre: Vec, matrix: int, rows: int, pixel_mm: float, slices: int, slice_mm: float
+    ):
+        """A grid for coronal slices centred on ``centre``: ``matrix`` columns along x and ``rows``
+        along z at ``pixel_mm``, ``slices`` along y at ``slice_mm`` (still stored (z, y, x))."""
+        spacing = (pixel_mm, slice_mm, pixel_mm)
+        counts = (matrix, slices, rows)
+        origin = tuple(
+            round(c - (n - 1) / 2 * s, 4) for c, n, s in zip(centre, counts, spacing, strict=True)
+        )
+        return cls(shape=(rows, slices, matrix), origin=origin, spacing=spacing)
+
     def axis(self, dim: int) -> np.ndarray:
         """World coordinates (mm) of voxel centres along LPS axis ``dim`` (0=x, 1=y, 2=z)."""
         n = self.shape[2 - dim]
@@ -145,3 +158,46 @@ def shape_volume_ml(shape: Shape) -> float:
     if isinstance(shape, Ellipsoid):
         return 4.0 / 3.0 * np.pi * float(np.prod(shape.radii)) / 1000.0
     raise TypeError(type(shape).__name__)
+
+
+# ------------------------------------------------------------------ slices as DICOM stores them
+# plane -> (array axis of the slice stack in (z, y, x), ImageOrientationPatient (row, column))
+PLANES = {
+    "axial": (0, (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)),  # rows along +x, columns down +y (posterior)
+    "coronal": (1, (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)),  # rows along +x, columns down -z (feet)
+}
+
+
+def slice_axis(plane: str) -> int:
+    """Array axis (0=z, 1=y) along which ``plane`` slices are stacked."""
+    return PLANES[plane][0]
+
+
+def to_slices(volume: np.ndarray, plane: str) -> np.ndarray:
+    """A (z, y, x) array as the (slice, row, column) stack of ``plane``, slices in increasing
+    position along the normal (row direction x column direction): axial +z, coronal +y with
+    the head at the top row."""
+    if plane == "axial":
+        return volume
+    if plane == "coronal":
+        return np.ascontiguousarray(volume[::-1].transpose(1, 0, 2))
+    raise ValueError(f"unknown plane {plane!r}")
+
+
+def slice_geometry(grid: Grid, plane: str) -> dict:
+    """DICOM geometry of ``to_slices(volume, plane)`` on ``grid``: ImageOrientationPatient,
+    ImagePositionPatient of each slice (LPS mm, first transmitted pixel), PixelSpacing
+    (row spacing, column spacing), slice spacing (mm), Rows and Columns."""
+    x0, y0, z0 = grid.origin
+    sx, sy, sz = grid.spacing
+    nz, ny, nx = grid.shape
+    if plane == "axial":
+        positions = [(x0, y0, z0 + k * sz) for k in range(nz)]
+        return {"orientation": PLANES[plane][1], "positions": positions,
+                "pixel_spacing": (sy, sx), "slice_mm": sz, "rows": ny, "columns": nx}  # fmt: skip
+    if plane == "coronal":
+        top = z0 + (nz - 1) * sz
+        positions = [(x0, y0 + k * sy, top) for k in range(ny)]
+        return {"orientation": PLANES[plane][1], "positions": positions,
+                "pixel_spacing": (sz, sx), "slice_mm": sy, "rows": nz, "columns": nx}  # fmt: skip
+    raise ValueError(f"unknown plane {plane!r}")

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from calcirad.phantom.geometry import Grid
+from calcirad.phantom.geometry import Grid, slice_axis
 from calcirad.phantom.priors import Priors, draw
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
@@ -25,6 +25,8 @@ PET_MAX_STORED = 32767
 class Acquisition:
     """One series to simulate: its modality, property key, grid and physics parameters.
 
+    ``plane`` is the slice plane the series is stored in (``axial`` or ``coronal``); the grid and
+    every array stay (z, y, x) in LPS, the writer reorders them (geometry.to_slices).
     ``noise`` is ``gaussian`` (std ``noise_level`` HU, correlated by the PSF), ``rician``
     (std = ``scale`` / ``noise_level``, i.e. noise_level is the muscle SNR) or ``poisson``
     (``noise_level`` counts per voxel per SUV unit). ``scale`` converts the property to stored units
@@ -42,6 +44,7 @@ class Acquisition:
     scale: float = 1.0
     bias_amplitude: float = 0.0
     tags: dict[str, Any] = field(default_factory=dict)
+    plane: str = "axial"
 
 
 def make_grid(spec: dict[str, Any], rng: np.random.Generator, centre: tuple) -> Grid:
@@ -57,10 +60,12 @@ def make_grid(spec: dict[str, Any], rng: np.random.Generator, centre: tuple) -> 
 
 def _blur(image: np.ndarray, acq: Acquisition) -> np.ndarray:
     sx, sy, sz = acq.grid.spacing
-    # through-plane: a thick slice integrates at least ~0.8 of its thickness
-    fwhm_z = max(acq.psf_fwhm_mm, 0.8 * sz) if acq.modality != "PT" else acq.psf_fwhm_mm
-    sigma = (fwhm_z * FWHM_TO_SIGMA / sz, acq.psf_fwhm_mm * FWHM_TO_SIGMA / sy,
-             acq.psf_fwhm_mm * FWHM_TO_SIGMA / sx)  # fmt: skip
+    steps = (sz, sy, sx)  # mm per step along the (z, y, x) array axes
+    through = slice_axis(acq.plane)
+    fwhm = [acq.psf_fwhm_mm] * 3
+    if acq.modality != "PT":  # through-plane: a thick slice integrates ~0.8 of its thickness
+        fwhm[through] = max(acq.psf_fwhm_mm, 0.8 * steps[through])
+    sigma = tuple(f * FWHM_TO_SIGMA / s for f, s in zip(fwhm, steps, strict=True))
     return ndimage.gaussian_filter(image, sigma, mode="nearest")
 
 
@@ -124,6 +129,20 @@ def encode(image: np.ndarray, acq: Acquisition) -> tuple[np.ndarray, list[float]
     raise ValueError(f"unknown modality {acq.modality!r}")
 
 
+def coronal_grid(spec: dict[str, Any], axial: Grid, centre: tuple) -> Grid:
+    """The coronal grid of a site that acquires one MR weighting coronally: matrix, rows (z) and
+    slice count (y) from ``spec``, pixel size and slice thickness those of the site's axial MR
+    ``axial`` (same protocol resolution; no new random draw)."""
+    return Grid.coronal(
+        centre=centre,
+        matrix=int(spec["matrix"]),
+        rows=int(spec["rows"]),
+        pixel_mm=axial.spacing[0],
+        slices=int(spec["slices"]),
+        slice_mm=axial.spacing[2],
+    )
+
+
 def grid_spec(priors: Priors, size: str, site: str, modality: str) -> dict[str, Any]:
     """The grid of one modality for ``size``, with the site's own resolution where it has one."""
     override = priors["sites"][site].get("sizes", {}).get(size, {}).get(modality, {})
@@ -162,13 +181,20 @@ def acquisitions(
     ]
     for number, weighting in ((3, "t1"), (4, "t2")):
         seq = priors["sequences"][weighting]
+        plane = st["mr"].get(f"{weighting}_plane", "axial")
+        grid = mr_grid
+        if plane == "coronal":
+            spec = grid_spec(priors, size, site, "mr_coronal")
+            grid = coronal_grid(spec, mr_grid, centre)
+        elif plane != "axial":
+            raise ValueError(f"site {site}: unknown {weighting}_plane {plane!r}")
         out.append(
             Acquisition(
                 name=f"MR_{weighting.upper()}",
                 modality="MR",
                 key=weighting,
                 series_number=number,
-                grid=mr_grid,
+                grid=grid,
                 psf_fwhm_mm=mr_grid.spacing[0],
                 noise="rician",
                 noise_level=snr,
@@ -181,6 +207,7 @@ def acquisitions(
                     "sequence_name": seq["sequence_name"],
                     "description": st["mr"][f"{weighting}_desc"],
                 },
+                plane=plane,
             )
         )
     out.append(
@@ -204,7 +231,8 @@ def acquisitions(
                 modality="MR",
                 key="t1c",
                 series_number=6,
-                grid=mr_grid,
+                grid=t1.grid,
+                plane=t1.plane,
                 psf_fwhm_mm=t1.psf_fwhm_mm,
                 noise="rician",
                 noise_level=snr,
@@ -218,3 +246,32 @@ def acquisitions(
             )
         )
     return out
+
+
+def localizer(ct: Acquisition, hu: np.ndarray) -> tuple[Acquisition, np.ndarray]:
+    """A CT localizer (AP topogram) of the CT's field of view and its stored pixels.
+
+    The image is the line integral along y of the attenuation relative to air, in mm of water
+    equivalent x 8 (uint16 stored, slope 1), stored as one coronal slice through the CT centre:
+    ``(nz, 1, nx)`` on a grid of one slice. ``hu`` is the CT property map (z, y, x) in HU.
+    """
+    sx, sy, sz = ct.grid.spacing
+    nz, ny, nx = ct.grid.shape
+    water_mm = np.clip(hu.astype(np.float64) + 1000.0, 0.0, None).sum(axis=1) / 1000.0 * sy
+    stored = np.clip(np.rint(water_mm * 8.0), 0, 65535).astype(np.uint16)[:, None, :]
+    centre_y = ct.grid.origin[1] + (ny - 1) / 2 * sy
+    grid = Grid(shape=(nz, 1, nx), origin=(ct.grid.origin[0], round(centre_y, 4),
+                ct.grid.origin[2]), spacing=(sx, 1.0, sz))  # fmt: skip
+    acq = Acquisition(
+        name="SCOUT",
+        modality="CT",
+        key="ct",
+        series_number=1,
+        grid=grid,
+        psf_fwhm_mm=ct.psf_fwhm_mm,
+        noise="none",
+        noise_level=0.0,
+        tags={"localizer": True},
+        plane="coronal",
+    )
+    return acq, stored

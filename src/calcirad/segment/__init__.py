@@ -29,7 +29,7 @@ from calcirad.segment.extend import (
     muscle_reference_mask,
 )
 from calcirad.segment.masks import rasterise_contours, read_mask_file
-from calcirad.segment.metrics import segmentation_metrics
+from calcirad.segment.metrics import overlap_ml, segmentation_metrics
 from calcirad.segment.select import SELECTION_POLICIES, lesion_side, select_lesions
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "register_rigid",
     "same_grid",
     "segment_ct",
+    "overlap_ml",
     "segmentation_metrics",
     "select_lesions",
 ]

@@ -99,11 +99,15 @@ class ThresholdParams:
     rind_depth_mm: float = 3.5  # touching bone and at most ~1 voxel deep (3 mm slices): bone rind
     fluid_reach_mm: float = 25.0  # fluid lobules within this of calcification join (0: off)
     fluid_min_hu: float = -30.0  # fluid range after a 3x3x3 median (fat is ~-100)
-    fluid_max_hu: float = 30.0  # muscle is 40-60 HU
+    fluid_max_hu: float = 22.0  # TC fluid is 0-25 HU; oedematous muscle 25-40 and muscle 40-60 HU
     fluid_max_radius_mm: float = 25.0  # deeper fluid is bladder / effusion, not a lobule
     septum_mm: float = 3.5  # soft-tissue wall a hop may cross between lobules
     fluid_hops: float = 3.0  # lobule walls crossed from the calcification at most
     closing_mm: float = 3.0  # merges lobules and seals capsules before hole filling
+    capsule_mm: float = 4.0  # soft-tissue wall (septa, capsule) kept around cystic lesions
+    capsule_min_hu: float = 20.0  # wall density (3x3x3 median HU): soft tissue, not fat or fluid
+    capsule_max_hu: float = 100.0
+    rind_contact: float = 0.5  # a thin rind lies along the bone: this fraction within one voxel
     min_volume_ml: float = 0.1  # smaller components are noise, phleboliths
 
     @classmethod
@@ -161,10 +165,14 @@ def threshold_components(ct: sitk.Image, params: Mapping[str, Any]) -> sitk.Imag
     candidates = _drop_bone_rinds(
         calcified & ~bone, bone=bone, spacing=spacing, axis=axis, params=p
     )
+    lobules = np.zeros_like(candidates)
     if p.fluid_reach_mm > 0:
         fluid = _fluid(hu_raw, bone=bone, spacing=spacing, axis=axis, params=p)
-        candidates |= _fluid_lobules(candidates, fluid, spacing=spacing, params=p)
+        lobules = _fluid_lobules(candidates, fluid, spacing=spacing, params=p)
+        candidates |= lobules
     lesions = _lesion_mask(candidates, bone=bone, spacing=spacing, axis=axis, params=p)
+    if p.capsule_mm > 0:
+        lesions |= _capsule(lesions, lobules, hu_raw, bone=bone, spacing=spacing, params=p)
     labels, _ = ndimage.label(lesions, structure=np.ones((3, 3, 3), bool))
     labels = _drop_small(labels, min_voxels=p.min_volume_ml / voxel_volume_ml(ct))
     return to_image(relabel_by_size(labels), ct)
@@ -556,6 +564,31 @@ def _lesion_mask(
     return fill_holes(closed, axis) & ~bone
 
 
+def _capsule(
+    lesions: np.ndarray,
+    lobules: np.ndarray,
+    hu: np.ndarray,
+    *,
+    bone: np.ndarray,
+    spacing: tuple[float, float, float],
+    params: ThresholdParams,
+) -> np.ndarray:
+    """The soft-tissue walls of fluid lobules: septa and capsule within ``capsule_mm`` of them.
+
+    Tumoral calcinosis is encapsulated and its lobules share septa (1-3 mm, muscle density), which
+    belong to the mass but are invisible against muscle. Voxels of soft-tissue density
+    (``capsule_min_hu``-``capsule_max_hu``, 3x3x3 median; not fat, not bone) that close to a fluid
+    lobule of a lesion are kept. Solid lesions (a tendinitis deposit, a myositis shell) and a
+    lobule walled by calcification end at their calcification.
+    """
+    fluid = lobules & lesions
+    if not fluid.any():
+        return fluid
+    smooth = median3(hu)
+    wall = (smooth >= params.capsule_min_hu) & (smooth <= params.capsule_max_hu) & ~bone
+    return ndimage.binary_dilation(fluid, structure=ball(params.capsule_mm, spacing)) & wall
+
+
 def _drop_bone_rinds(
     candidates: np.ndarray,
     *,
@@ -575,9 +608,14 @@ def _drop_bone_rinds(
     filled = candidates | (fill_holes(candidates | bone, axis) & ~bone)
     depth = np.where(candidates, ndimage.distance_transform_edt(filled, sampling=spacing), 0.0)
     max_depth = label_maximum(depth, labels, count)[1:]
+    near_bone = ndimage.binary_dilation(bone, structure=np.ones((3, 3, 3), bool))
     touching = np.zeros(count + 1, bool)
-    touching[np.unique(labels[ndimage.binary_dilation(bone) & candidates])] = True
-    rind = touching[1:] & (max_depth < params.rind_depth_mm)
+    touching[np.unique(labels[near_bone & candidates])] = True
+    # A haematoma's or bursa's thin calcified wall touches the bone at one place; cortex left
+    # over by the bone mask lies along it.
+    contact = ndimage.mean(near_bone, labels, index=np.arange(1, count + 1))
+    along = np.asarray(contact) >= params.rind_contact
+    rind = touching[1:] & along & (max_depth < params.rind_depth_mm)
     drop = np.concatenate([[False], rind])
     return candidates & ~drop[labels]
 

@@ -6,7 +6,10 @@ the CT grid (shared frame of reference, linear interpolation) and voxels meeting
 added when they are connected to the CT lesion within ``max_extension_mm``, are not bone and are
 soft tissue or fluid on CT (>= ``min_soft_tissue_hu``; fat is T2-bright too):
 
-- ``t2``: T2 signal >= ``t2_ratio`` x the median T2 of nearby muscle (muscle found on CT);
+- ``t2``: T2 signal >= ``t2_ratio`` x the median T2 of nearby muscle (muscle found on CT). With PET
+  present, T2 adds only fluid-bright voxels (>= ``t2_fluid_ratio`` x muscle: necrosis, cystic and
+  fluid lobules), because perilesional oedema (2-3.5 x muscle) is as T2-bright as a solid tumour
+  part (1.5-3.5 x) and only FDG uptake tells them apart; the solid part then comes from PET;
 - ``pet``: SUV >= max(``suv_floor``, ``suv_fraction`` x the lesion's SUVmax) (the 41 %-of-max
   contour used in PET volumetry, with an absolute floor so a cold lesion does not grow into noise).
 
@@ -26,6 +29,7 @@ from calcirad.errors import SubjectInputError
 from calcirad.segment._grid import (
     array_spacing,
     ball,
+    fill_holes,
     label_maximum,
     mask_array,
     median3,
@@ -40,6 +44,7 @@ class ExtensionParams:
     """Criteria for the non-calcified extension (ratios, SUV, mm, HU)."""
 
     t2_ratio: float = 1.8
+    t2_fluid_ratio: float = 3.6  # above oedema (2-3.5 x muscle), below necrosis/fluid (3-6 x)
     suv_fraction: float = 0.41
     suv_floor: float = 2.5
     max_extension_mm: float = 80.0  # a sarcoma's solid part may lie far from its few calcifications
@@ -103,7 +108,9 @@ def extend_mask(
     spacing = array_spacing(ct)
     core = mask_array(lesion)
     hu = sitk.GetArrayFromImage(ct).astype(np.float32)
-    allowed = ~find_bone(hu, spacing=spacing, axis=slice_axis(ct), params=ThresholdParams())
+    axis = slice_axis(ct)
+    bone = find_bone(hu, spacing=spacing, axis=axis, params=ThresholdParams())
+    allowed = ~bone
     # Fat is bright on T2 and air is nothing: a lesion part is soft tissue or fluid on CT.
     smooth = median3(hu)
     allowed &= smooth >= p.min_soft_tissue_hu
@@ -115,11 +122,17 @@ def extend_mask(
             continue
         on_ct = sitk.Resample(images[modality], ct, sitk.Transform(), sitk.sitkLinear, 0.0)
         values = sitk.GetArrayFromImage(on_ct).astype(np.float32)
-        threshold = _threshold(modality, values, ct=ct, lesion=lesion, core=core, params=p)
+        threshold = _threshold(
+            modality, values, ct=ct, lesion=lesion, core=core, params=p, with_pet="pet" in images
+        )
         grown = _grow(core, (values >= threshold) & allowed, spacing=spacing, params=p)
         if (grown & ~extended).any():
             sources.append(modality)
         extended |= grown
+    if len(sources) > 1:
+        # A necrotic or cystic centre (cold on PET, below the fluid ratio once blurred onto the CT
+        # grid) enclosed by the tumour is tumour; bone wrapped by a mass is not.
+        extended |= fill_holes(extended, axis) & ~bone
     return ExtendedMask(mask=to_image(extended.astype(np.uint8), ct), sources=tuple(sources))
 
 
@@ -154,6 +167,7 @@ def _threshold(
     lesion: sitk.Image,
     core: np.ndarray,
     params: ExtensionParams,
+    with_pet: bool,
 ) -> float:
     if modality == "pet":
         return max(params.suv_floor, params.suv_fraction * float(values[core].max()))
@@ -162,7 +176,8 @@ def _threshold(
             ct, lesion, hu_range=params.muscle_hu, shell_mm=params.muscle_shell_mm
         )
     )
-    return params.t2_ratio * float(np.median(values[muscle]))
+    ratio = params.t2_fluid_ratio if with_pet else params.t2_ratio
+    return ratio * float(np.median(values[muscle]))
 
 
 def _grow(

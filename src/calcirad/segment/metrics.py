@@ -43,3 +43,11 @@ def _hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, float, float]) -> 
     to_b = ndimage.distance_transform_edt(~surface_b, sampling=spacing)[surface_a]
     to_a = ndimage.distance_transform_edt(~surface_a, sampling=spacing)[surface_b]
     return float(max(np.percentile(to_b, 95), np.percentile(to_a, 95)))
+
+
+def overlap_ml(mask: sitk.Image, other: sitk.Image) -> float:
+    """Volume (ml) of ``mask`` inside ``other`` (e.g. the phantom's normal bone), on the grid of
+    ``mask``; ``other`` is carried onto it (nearest neighbour, physical coordinates) if needed."""
+    if not same_grid(mask, other):
+        other = carry_mask(other, mask, method="nearest")
+    return float((mask_array(mask) & mask_array(other)).sum()) * voxel_volume_ml(mask)

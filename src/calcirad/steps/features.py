@@ -61,6 +61,8 @@ def run_features(
             )
             record.update(status=STATUS_OK, features=features)
         except SubjectInputError as error:
+            error.subject = error.subject or subject
+            error.stage = error.stage or "features"
             log.error("%s", error)
             record["status"] = STATUS_FAILED
             record["failures"].append(

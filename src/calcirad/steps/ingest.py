@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from calcirad.atomic import atomic_path
-from calcirad.dicom import INVENTORY_COLUMNS, build_inventory
+from calcirad.dicom import INVENTORY_COLUMNS, build_inventory, redact
 from calcirad.errors import SubjectInputError
 from calcirad.steps.common import STATUS_FAILED, STATUS_OK, failure, log, read_json, write_json
 
@@ -29,6 +29,12 @@ def _used_or_not(row: dict, modalities: list[str]) -> dict:
             "reason": f"{row['reason']}; not used: {row['modality']} is not in config `modalities`",
         }
     return row
+
+
+def _unreadable_beside(files: list[str], unreadable: list[tuple[str, str]]) -> list[str]:
+    """Names of the unreadable DICOM files lying in a folder of the series ``files``."""
+    folders = {Path(f).parent for f in files}
+    return sorted(Path(path).name for path, _ in unreadable if Path(path).parent in folders)
 
 
 def run_ingest(
@@ -53,6 +59,39 @@ def run_ingest(
         record["rows"] = [_used_or_not(row, modalities) for row in inventory.rows]
         for modality, series in sorted(inventory.chosen.items()):
             if modality not in modalities:
+                continue
+            broken = [
+                redact(name, series.identifiers)
+                for name in _unreadable_beside(series.files, inventory.unreadable)
+            ]
+            if broken:
+                record["rows"] = [
+                    {
+                        **row,
+                        "chosen": False,
+                        "reason": f"{row['reason']}; not used: unreadable files",
+                    }
+                    if row["series_uid"] == series.series_uid
+                    else row
+                    for row in record["rows"]
+                ]
+                error = SubjectInputError(
+                    f"{len(broken)} file(s) in the folder of this series have the DICOM marker "
+                    f"but an unreadable header ({', '.join(broken[:5])}): likely truncated "
+                    "slices of it; converting the rest would give an incomplete volume",
+                    subject=subject,
+                    stage="ingest",
+                    series=redact(
+                        f"{series.series_number} {series.description}".strip(), series.identifiers
+                    ),
+                    file=broken[0],
+                    hint="re-export or re-copy the series from the archive, or delete the "
+                    "broken file(s) if they do not belong to it",
+                )
+                log.error("%s", error)
+                record["failures"].append(
+                    failure(subject=subject, stage="ingest", error=error, modality=modality)
+                )
                 continue
             info = series.to_dict()
             info["files"] = [_relative(f, study_dir) for f in info["files"]]

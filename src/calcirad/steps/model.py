@@ -8,6 +8,7 @@ import pandas as pd
 
 from calcirad.errors import ConfigError
 from calcirad.model import comparison_table, evaluate, performance_table, top_features_table
+from calcirad.model.feature_sets import drop_unstable
 from calcirad.steps.common import log, read_json, write_json
 from calcirad.tables import write_table
 
@@ -34,9 +35,17 @@ def run_model(
     model: str,
     settings: dict,
     out_json: str | Path,
+    stability_csv: str | Path | None = None,
 ) -> dict:
-    """Nested cross-validation of one combination; writes its metrics and outer predictions."""
+    """Nested cross-validation of one combination; writes its metrics and outer predictions.
+
+    With ``settings["min_icc"]`` set, features whose ICC(3,1) under mask perturbation
+    (``stability_csv``, results/tables/feature_stability.csv) is below it are dropped first.
+    """
     features = pd.read_csv(features_csv, dtype={"subject": str}).set_index("subject")
+    stability_note = _stability_filter(features, settings.get("min_icc"), stability_csv)
+    if stability_note:
+        features = features.drop(columns=stability_note["dropped"])
     label_series = pd.Series(labels, name="label").sort_index()
     # Subjects that failed upstream have no features row; they are excluded, and counted.
     label_series = label_series[label_series.index.isin(features.index)]
@@ -76,8 +85,29 @@ def run_model(
             "predictions": [],
             "top_features": [],
         }
+    if stability_note:
+        result["stability_filter"] = stability_note
+        result["warnings"] = [*result.get("warnings", []), stability_note["note"]]
     write_json(out_json, result)
     return result
+
+
+def _stability_filter(
+    features: pd.DataFrame, min_icc: float | None, stability_csv: str | Path | None
+) -> dict | None:
+    """Which columns fall below ``min_icc`` (None when the filter is off)."""
+    if min_icc is None:
+        return None
+    if not stability_csv:
+        raise ConfigError("model.min_icc is set but no feature stability table was given")
+    table = pd.read_csv(stability_csv)
+    _, dropped = drop_unstable(features, table, min_icc=float(min_icc))
+    note = (
+        f"stability filter: {len(dropped)} of {features.shape[1]} columns of the feature table dropped "
+        f"(ICC(3,1) under mask perturbation < {min_icc})"
+    )
+    log.info("%s", note)
+    return {"min_icc": float(min_icc), "dropped": dropped, "note": note}
 
 
 def write_model_tables(

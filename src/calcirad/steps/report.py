@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from calcirad.atomic import atomic_path
-from calcirad.steps.common import log, read_json
+from calcirad.steps.common import STATUS_OK, log, read_json
 
 FAILURE_COLUMNS = ["subject", "stage", "modality", "reason"]
 
@@ -73,9 +73,11 @@ def write_cohort_table(
     segmentation = pd.read_csv(segmentation_csv, dtype={"subject": str})
     ct = segmentation[segmentation["modality"] == "ct"].set_index("subject")["volume_ml"]
     failures = pd.read_csv(failures_csv, dtype={"subject": str})
+    # Available = features extracted: a series that failed conversion or has no mask is not.
+    status = modality_availability(features_records=features_records)
     table = cohort_table(
         samples=sheet,
-        availability=modality_availability(features_records=features_records),
+        availability=status == STATUS_OK,
         volumes=ct,
         failures=failures,
     )
