@@ -78,6 +78,8 @@ STAGES = {
     "figures": "report",
     "cohort_table": "report",
     "failures": "report",
+    "stability": "stability",
+    "feature_stability": "stability",
 }
 
 
@@ -524,7 +526,8 @@ def bench_cohort(n: int, args: argparse.Namespace, state: State, work: Path) -> 
                 str(p.relative_to(run_dir))
                 for p in (run_dir / "results/features/subjects").glob("*/*.json")
             )
-            command = snakemake(run_dir, cores, "--forcerun", "extract_features", *targets)
+            # targets before --forcerun, which would take them as more rule names
+            command = snakemake(run_dir, cores, *targets, "--forcerun", "extract_features")
             result = measure(command, log=run_dir / "bench_extraction.log")
             result["jobs"] = len(targets)
             return result

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import signal
 
 from calcirad.errors import ConfigError, SubjectInputError
 from calcirad.segment.carry import same_grid
@@ -117,6 +116,9 @@ def suv_peak(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, f
     around the hottest region, not of the contour). Beyond the image border the edge value is
     repeated.
     """
+    # scipy.signal costs about 1 s of CPU to import: only the PET jobs that need it pay for it
+    from scipy import signal
+
     kernel = sphere_kernel(spacing)
     half = [n // 2 for n in kernel.shape]
     nonzero = np.nonzero(mask)

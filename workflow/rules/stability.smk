@@ -46,6 +46,8 @@ rule feature_stability:
         ),
     log:
         "logs/feature_stability.log",
+    benchmark:
+        "benchmarks/feature_stability.tsv"
     conda:
         "../../envs/features.yaml"
     params:
