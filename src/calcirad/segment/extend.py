@@ -9,7 +9,9 @@ soft tissue or fluid on CT (>= ``min_soft_tissue_hu``; fat is T2-bright too):
 - ``t2``: T2 signal >= ``t2_ratio`` x the median T2 of nearby muscle (muscle found on CT). With PET
   present, T2 adds only fluid-bright voxels (>= ``t2_fluid_ratio`` x muscle: necrosis, cystic and
   fluid lobules), because perilesional oedema (2-3.5 x muscle) is as T2-bright as a solid tumour
-  part (1.5-3.5 x) and only FDG uptake tells them apart; the solid part then comes from PET;
+  part (1.5-3.5 x) and only FDG uptake tells them apart; the solid part then comes from PET.
+  T2 >= ``t2_ratio`` x muscle at water density on CT (<= ``t2_fluid_max_hu``; oedema is 25-40 HU,
+  cystic lobules 0-25 HU before partial volume with their septa) counts as fluid too;
 - ``pet``: SUV >= max(``suv_floor``, ``suv_fraction`` x the lesion's SUVmax) (the 41 %-of-max
   contour used in PET volumetry, with an absolute floor so a cold lesion does not grow into noise).
 
@@ -45,6 +47,7 @@ class ExtensionParams:
 
     t2_ratio: float = 1.8
     t2_fluid_ratio: float = 3.6  # above oedema (2-3.5 x muscle), below necrosis/fluid (3-6 x)
+    t2_fluid_max_hu: float = 25.0  # T2 >= t2_ratio at water density on CT counts as fluid too
     suv_fraction: float = 0.41
     suv_floor: float = 2.5
     max_extension_mm: float = 80.0  # a sarcoma's solid part may lie far from its few calcifications
@@ -146,7 +149,13 @@ def extend_mask(
         threshold = _threshold(
             modality, values, ct=ct, lesion=lesion, core=core, params=p, with_pet="pet" in images
         )
-        grown = _grow(core, (values >= threshold) & allowed, spacing=spacing, params=p)
+        candidate = values >= threshold
+        if modality == "t2" and "pet" in images:
+            # Fluid by density as well as by signal: a cystic lobule blurred onto the CT grid
+            # falls below the fluid ratio at its edges, while oedema is soft tissue on CT.
+            ratio = threshold / p.t2_fluid_ratio
+            candidate |= (values >= p.t2_ratio * ratio) & (smooth <= p.t2_fluid_max_hu)
+        grown = _grow(core, candidate & allowed, spacing=spacing, params=p)
         if (grown & ~extended).any():
             sources.append(modality)
         extended |= grown
