@@ -25,6 +25,32 @@ from calcirad.steps.segment import MUSCLE_PREFIX
 PREFIX_SEPARATOR = "_"
 
 
+def modality_inputs(
+    *, modality: str, nifti_dir: str | Path, masks_dir: str | Path
+) -> tuple[dict[str, Path | None], dict | None]:
+    """The files feature extraction of one modality reads, or why it cannot run.
+
+    Returns (paths, skip): ``paths`` holds ``image_path``, ``mask_path`` and ``muscle_mask_path``
+    (None without an MR muscle reference), the keyword arguments of ``extract_features``; ``skip``
+    is None, or the status to record: ``absent`` when the subject has no such series (normal:
+    gadolinium withheld, no PET), ``excluded`` when segmentation failed (it recorded why;
+    counting the subject again here would report one problem as two).
+    """
+    image = Path(nifti_dir) / f"{modality}.nii.gz"
+    mask = Path(masks_dir) / f"{modality}.nii.gz"
+    muscle = Path(masks_dir) / f"{MUSCLE_PREFIX}{modality}.nii.gz"
+    paths = {
+        "image_path": image,
+        "mask_path": mask,
+        "muscle_mask_path": muscle if muscle.exists() else None,
+    }
+    if not image.exists():
+        return paths, {"status": STATUS_ABSENT}
+    if not mask.exists():
+        return paths, {"status": STATUS_EXCLUDED, "reason": "no lesion mask (segmentation failed)"}
+    return paths, None
+
+
 def run_features(
     *,
     subject: str,
@@ -40,25 +66,13 @@ def run_features(
     ``excluded`` when an earlier stage failed for it (recorded there), ``failed`` when extraction
     itself refused the image or mask (reason recorded), ``ok`` otherwise.
     """
-    image = Path(nifti_dir) / f"{modality}.nii.gz"
-    mask = Path(masks_dir) / f"{modality}.nii.gz"
     record: dict = {"subject": subject, "modality": modality, "stage": "features", "failures": []}
-    if not image.exists():
-        record["status"] = STATUS_ABSENT
-    elif not mask.exists():
-        # Segmentation failed and recorded why; counting the subject again here would
-        # report one problem as two.
-        record.update(status=STATUS_EXCLUDED, reason="no lesion mask (segmentation failed)")
+    paths, skip = modality_inputs(modality=modality, nifti_dir=nifti_dir, masks_dir=masks_dir)
+    if skip:
+        record.update(skip)
     else:
         try:
-            muscle = Path(masks_dir) / f"{MUSCLE_PREFIX}{modality}.nii.gz"
-            features = extract_features(
-                image_path=image,
-                mask_path=mask,
-                params_file=Path(params_file),
-                modality=modality,
-                muscle_mask_path=muscle if muscle.exists() else None,
-            )
+            features = extract_features(**paths, params_file=Path(params_file), modality=modality)
             record.update(status=STATUS_OK, features=features)
         except SubjectInputError as error:
             error.subject = error.subject or subject

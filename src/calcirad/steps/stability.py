@@ -6,15 +6,8 @@ from pathlib import Path
 
 from calcirad.atomic import atomic_path
 from calcirad.stability import perturbed_features, stability_table
-from calcirad.steps.common import (
-    STATUS_ABSENT,
-    STATUS_EXCLUDED,
-    STATUS_OK,
-    log,
-    read_json,
-    write_json,
-)
-from calcirad.steps.segment import MUSCLE_PREFIX
+from calcirad.steps.common import STATUS_OK, log, read_json, write_json
+from calcirad.steps.features import modality_inputs
 
 
 def run_stability(
@@ -34,22 +27,16 @@ def run_stability(
     failed inside ``perturbations`` with its reason, and the subject then stays out of that
     modality's ICCs (they need every perturbation of a subject).
     """
-    image = Path(nifti_dir) / f"{modality}.nii.gz"
-    mask = Path(masks_dir) / f"{modality}.nii.gz"
     record: dict = {"subject": subject, "modality": modality, "stage": "stability"}
-    if not image.exists():
-        record["status"] = STATUS_ABSENT
-    elif not mask.exists():
-        record.update(status=STATUS_EXCLUDED, reason="no lesion mask (segmentation failed)")
+    paths, skip = modality_inputs(modality=modality, nifti_dir=nifti_dir, masks_dir=masks_dir)
+    if skip:
+        record.update(skip)
     else:
-        muscle = Path(masks_dir) / f"{MUSCLE_PREFIX}{modality}.nii.gz"
         runs = perturbed_features(
-            image_path=image,
-            mask_path=mask,
+            **paths,
             params_file=Path(params_file),
             modality=modality,
             perturbations=list(perturbations),
-            muscle_mask_path=muscle if muscle.exists() else None,
         )
         for name, run in runs.items():
             if run["status"] == "ok":
