@@ -138,7 +138,7 @@ def extend_mask(
     # Fat is bright on T2 and air is nothing: a lesion part is soft tissue or fluid on CT.
     smooth = median3(hu)
     allowed &= smooth >= p.min_soft_tissue_hu
-    allowed &= ~_large_fluid(smooth, spacing=spacing, axis=slice_axis(ct), params=p)
+    allowed &= ~_large_fluid(smooth, spacing=spacing, axis=axis, params=p)
     allowed &= ndimage.distance_transform_edt(~core, sampling=spacing) <= p.max_extension_mm
     extended, sources = core.copy(), ["ct"]
     for modality in ("t2", "pet"):

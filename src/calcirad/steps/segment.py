@@ -212,18 +212,15 @@ def run_segment(
                 )
                 continue
             else:
-                # Another frame of reference: coordinates are unrelated until registered.
-                transform = (
-                    _register_to_ct(
+                if modality in foreign:
+                    # Another frame of reference: coordinates are unrelated until registered.
+                    transform = _register_to_ct(
                         subject=subject,
                         modality=modality,
                         image=image,
                         ct=images["ct"],
                         out_dir=out_dir,
                     )
-                    if modality in foreign
-                    else None
-                )
                 mask = (
                     ct_mask
                     if modality == "ct"
@@ -241,12 +238,12 @@ def run_segment(
                     entry["registered"] = transform_file(modality)
             write_image(mask, out_dir / f"{modality}.nii.gz")
             # A series in another frame has a muscle reference only once registered.
-            if muscle is not None and modality in MR_MODALITIES:
-                if modality not in foreign or transform is not None:
-                    write_image(
-                        carry_mask(muscle, image, method="nearest", transform=transform),
-                        out_dir / f"{MUSCLE_PREFIX}{modality}.nii.gz",
-                    )
+            registered = modality not in foreign or transform is not None
+            if muscle is not None and modality in MR_MODALITIES and registered:
+                write_image(
+                    carry_mask(muscle, image, method="nearest", transform=transform),
+                    out_dir / f"{MUSCLE_PREFIX}{modality}.nii.gz",
+                )
             status["modalities"][modality] = {**entry, "volume_ml": _volume_ml(mask)}
         if truth is not None and Path(truth).exists() and ct_mask is not None:
             truth_image = sitk.ReadImage(str(truth))
