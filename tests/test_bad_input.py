@@ -61,6 +61,7 @@ def small_config(*, samples: Path, modalities: list[str], **model) -> dict:
             "models": ["logreg_elasticnet"],
             "cv": {"outer_folds": model.get("outer_folds", 2), "outer_repeats": 1,
                    "inner_folds": 2, "bootstrap": 100},
+            "n_permutations": 0,
         },
     }  # fmt: skip
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())

@@ -130,6 +130,7 @@ def setup(tmp_path_factory) -> dict:
             "feature_sets": ["ct"],
             "models": ["logreg_elasticnet"],
             "cv": {"outer_folds": 2, "outer_repeats": 1, "inner_folds": 2, "bootstrap": 100},
+            "n_permutations": 2,
         },
     }
     schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())

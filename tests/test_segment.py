@@ -688,6 +688,31 @@ def test_calcified_shell_leaving_the_field_of_view_is_lesion():
     assert segmentation_metrics(segment_ct(ct), _mask_image(outer, ct))["dice"] >= 0.85
 
 
+def test_short_bone_partly_replaced_by_a_mass_stays_bone():
+    """A short tubular bone (60 mm, inside the field of view) whose lower half a soft mass has
+    replaced is open on the mass's side: nothing is enclosed topologically, but its cortex still
+    surrounds the remaining marrow (demo S001: 10.6 ml of bone inside an osteosarcoma's mask)."""
+    rng = np.random.default_rng(26)
+    x, y, z, origin = _grid()
+    hu = _body(x, y, z, rng)
+    shaft = ((40, -50, -60), (40, -50, 0))
+    outer, inner = _capsule(x, y, z, *shaft, 14), _capsule(x, y, z, *shaft, 11)
+    hu[outer & ~inner] = 1400.0
+    hu[inner] = 250.0
+    # The solid part of the mass lies along the tube and replaces its lower half end to end.
+    mass = _capsule(x, y, z, (40, -30, -75), (40, -30, 15), 22)
+    hu[mass] = 40.0
+    blobs = _sphere(x, y, z, (32, -22, -30), 7) | _sphere(x, y, z, (50, -24, -10), 6)
+    hu[blobs] = 800.0
+    bone = outer & ~mass
+    ct = _to_image(hu, origin, rng=rng)
+    found = find_bone(sitk.GetArrayFromImage(ct), spacing=array_spacing(ct), axis=slice_axis(ct))
+    assert (found & bone).sum() >= 0.95 * bone.sum()
+    mask = sitk.GetArrayViewFromImage(segment_ct(ct)) > 0
+    assert (mask & bone).sum() <= 0.02 * bone.sum()
+    assert segmentation_metrics(segment_ct(ct), _mask_image(blobs, ct))["dice"] >= 0.8
+
+
 def test_find_bone_is_memoised_and_read_only(tc_case):
     ct, _, _ = tc_case
     hu = sitk.GetArrayFromImage(ct)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from calcirad.model.synthetic import make_cohort
 from calcirad.steps.common import read_json
-from calcirad.steps.model import run_model, write_model_tables
+from calcirad.steps.model import run_model, run_permutation_null, write_model_tables
 from calcirad.steps.report import write_figures
 
 SETTINGS = {
@@ -44,7 +45,7 @@ def test_a_class_too_small_for_cv_gives_a_not_estimable_row(tmp_path):
     row = tables["performance"].iloc[0]
     assert row["task"] == "tc_vs_sarcoma" and np.isnan(row["auc"]) and row["n_warnings"] == 1
     figures = write_figures(results=[out], task="tc_vs_sarcoma", out_dir=tmp_path / "f")
-    assert len(figures) == 8 and all(p.stat().st_size > 0 for p in figures)
+    assert len(figures) == 10 and all(p.stat().st_size > 0 for p in figures)
 
 
 def test_inventory_marks_a_series_of_an_unrequested_modality_as_not_used():
@@ -57,3 +58,51 @@ def test_inventory_marks_a_series_of_an_unrequested_modality_as_not_used():
         "reason": "post-contrast; not used: t1c is not in config `modalities`",
     }
     assert _used_or_not({**row, "modality": "t1"}, ["ct", "t1"])["chosen"] is True
+
+
+def _fit_rows(tmp_path, signal: float) -> tuple[list, dict]:
+    """Two rows (ct, pet) of tc_vs_sarcoma on a synthetic cohort; their JSONs and the data."""
+    features, labels, sites, _ = make_cohort(n_per_class=12, signal=signal, seed=3)
+    path = tmp_path / f"all_{signal}.csv"
+    features.rename_axis("subject").to_csv(path)
+    data = {"features_csv": path, "labels": labels.to_dict(), "sites": sites.to_dict(),
+            "clinical": {}}  # fmt: skip
+    outs = []
+    for feature_set in ("ct", "pet"):
+        out = tmp_path / f"{signal}_{feature_set}.json"
+        run_model(task="tc_vs_sarcoma", feature_set=feature_set, model="logreg_elasticnet",
+                  settings=SETTINGS, out_json=out, **data)  # fmt: skip
+        outs.append(out)
+    return outs, data
+
+
+def test_permutation_null_refits_the_best_row_on_permuted_labels(tmp_path):
+    """With signal the best row beats all 9 permutations (p = 1/10); without, the null and the
+    observed AUC both sit near 0.5 (p is then uniform: no bound on one draw). The tables put the
+    null on the best row only."""
+    settings = SETTINGS | {"n_permutations": 9}
+    for signal in (2.0, 0.0):
+        outs, data = _fit_rows(tmp_path, signal)
+        fitted = [read_json(path) for path in outs]
+        best = max(fitted, key=lambda r: r["auc"])
+        null_json = tmp_path / f"null_{signal}.json"
+        null = run_permutation_null(results=outs, task="tc_vs_sarcoma", settings=settings,
+                                    out_json=null_json, **data)  # fmt: skip
+        assert (null["feature_set"], null["model"]) == (best["feature_set"], best["model"])
+        assert null["auc"] == best["auc"]  # the same row refitted: identical AUC
+        assert len(null["null_auc"]) == 9
+        assert abs(null["null_auc_mean"] - 0.5) < 0.15, null["null_auc"]
+        if signal:
+            assert null["auc"] > 0.8 and null["permutation_p"] == 0.1
+        else:
+            assert abs(null["auc"] - 0.5) < 0.15, null["auc"]
+        tables = write_model_tables(results=outs, nulls=[null_json], tables_dir=tmp_path / "t",
+                                    provenance={"seed": 1})  # fmt: skip
+        performance = tables["performance"]
+        assert performance.permutation_p.notna().sum() == 1
+        assert tables["permutation_null"].loc[0, "n_permutations"] == 9
+    # 0 permutations: nothing is refitted and the JSON says why
+    none = run_permutation_null(results=outs, task="tc_vs_sarcoma", settings=SETTINGS,
+                                out_json=tmp_path / "none.json", **data)  # fmt: skip
+    assert none["n_permutations"] == 0 and none["null_auc"] == []
+    assert none["note"] == "model.n_permutations is 0"

@@ -102,6 +102,7 @@ def run(tmp_path_factory) -> dict:
             "feature_sets": ["ct", "mr", "pet", "all"],
             "models": ["logreg_elasticnet"],
             "cv": {"outer_folds": 3, "outer_repeats": 1, "inner_folds": 2, "bootstrap": 200},
+            "n_permutations": 3,
         },
         # Kept small for time: 4 subjects (one of them a real patient when present), CT and PET,
         # five perturbations.
@@ -289,6 +290,28 @@ def test_performance_table(run):
     assert (run["results"] / "tables" / "performance.tex").read_text().count("\\\\") >= 8
 
 
+def test_permutation_null_of_each_tasks_best_row(run):
+    """The leakage guard ran on each task's best row: 3 permuted refits, AUCs in [0, 1], and the
+    p-value on that row of the performance table."""
+    tables = run["results"] / "tables"
+    null = pd.read_csv(tables / "permutation_null.csv")
+    performance = pd.read_csv(tables / "performance.csv")
+    assert list(null.task) == ["tc_vs_sarcoma", "tc_vs_mimics"]
+    assert (null.n_permutations == 3).all()
+    for row in null.itertuples():
+        task_rows = performance[performance.task == row.task]
+        assert row.auc == pytest.approx(task_rows.auc.max())
+        best = task_rows[
+            (task_rows.feature_set == row.feature_set) & (task_rows.model == row.model)
+        ]
+        assert best.permutation_p.iloc[0] == pytest.approx(row.permutation_p)
+        assert task_rows.permutation_p.notna().sum() == 1
+        assert 0 <= row.null_auc_mean <= row.null_auc_max <= 1
+        assert 1 / 4 <= row.permutation_p <= 1  # (1 + #null >= observed) / (1 + 3)
+        png = run["results"] / "figures" / f"permutation_{row.task}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_inventory_failures_cohort_and_report(run):
     inventory = pd.read_csv(run["results"] / "tables" / "series_inventory.csv", dtype=str)
     assert set(inventory.subject) == set(run["sheet"].subject)
@@ -417,12 +440,26 @@ def test_pet_parameter_change_reruns_only_pet_extraction_and_downstream(run):
     assert not set(UPSTREAM) & set(planned), planned
 
 
+MODELLING_AND_REPORTING = {
+    "fit_model", "permutation_null", "model_tables", "figures", "cohort_table", "all",
+}  # fmt: skip
+
+
 def test_model_setting_change_reruns_only_modelling_and_reporting(run):
     config = yaml.safe_load(yaml.safe_dump(run["config"]))
     config["model"]["cv"]["bootstrap"] = 300
     planned = _planned(run, config)
     assert planned["fit_model"] == 8
-    assert set(planned) <= {"fit_model", "model_tables", "figures", "cohort_table", "all"}, planned
+    assert set(planned) <= MODELLING_AND_REPORTING, planned
+
+
+def test_permutation_count_change_refits_no_row(run):
+    config = yaml.safe_load(yaml.safe_dump(run["config"]))
+    config["model"]["n_permutations"] = 5
+    planned = _planned(run, config)
+    assert planned["permutation_null"] == 2  # one per task: its best row, refitted
+    assert "fit_model" not in planned
+    assert set(planned) <= MODELLING_AND_REPORTING, planned
 
 
 def test_stability_settings_rerun_only_stability_and_min_icc_only_models(run):
@@ -438,7 +475,7 @@ def test_stability_settings_rerun_only_stability_and_min_icc_only_models(run):
     config["model"]["min_icc"] = 0.75
     planned = _planned(run, config)
     assert planned["fit_model"] == 8
-    assert set(planned) <= {"fit_model", "model_tables", "figures", "cohort_table", "all"}, planned
+    assert set(planned) <= MODELLING_AND_REPORTING, planned
 
 
 def test_segmentation_threshold_change_reruns_segmentation_not_conversion(run):

@@ -17,7 +17,7 @@ from sklearn.metrics import roc_curve
 
 from calcirad.atomic import atomic_path
 from calcirad.model import metrics
-from calcirad.model.summary import prediction_arrays, sort_rows
+from calcirad.model.summary import best_result, prediction_arrays, sort_rows
 
 RC = {"svg.hashsalt": "calcirad", "svg.fonttype": "path", "font.size": 9, "path.simplify": True}
 METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None}}
@@ -41,7 +41,7 @@ def _pick(results: list[dict], *, task: str, feature_set: str | None, model: str
     """The named row, or the task's best-AUC row when neither is given (ties: table order)."""
     rows = _task_rows(results, task)
     if feature_set is None and model is None:
-        return max(rows, key=lambda r: -np.inf if r["auc"] is None else r["auc"])
+        return best_result(rows, task) or rows[0]
     matches = [
         r for r in rows if feature_set in (None, r["feature_set"]) and model in (None, r["model"])
     ]
@@ -230,6 +230,28 @@ def importance_figure(
             xlabel="Mean normalised importance (label: selection frequency)",
         )
         ax.set_title(f"{task}\n{_label(result)}")
+        return _save(fig, out_stem)
+
+
+def permutation_figure(null: dict, *, out_stem: Path) -> list[Path]:
+    """Histogram of the permuted-label AUCs of the task's best row, the observed AUC marked."""
+    values = np.asarray(null["null_auc"], float)
+    with matplotlib.rc_context(RC):
+        fig = _new_figure((5.0, 3.2))
+        ax = fig.add_subplot()
+        ax.hist(values, bins=np.linspace(0.0, 1.0, 41), color="0.6", label="permuted labels")
+        ax.axvline(0.5, color="0.3", linestyle=":", linewidth=1)
+        ax.axvline(null["auc"], color="C3", label=f"observed AUC {null['auc']:.2f}")
+        ax.set(
+            xlim=(0, 1),
+            xlabel="AUC (whole nested CV refitted per permutation)",
+            ylabel="Permutations",
+        )
+        ax.legend(loc="upper left", fontsize=7, frameon=False)
+        ax.set_title(
+            f"{null['task']}: {_label(null)}\n"
+            f"{len(values)} permutations, p = {null['permutation_p']:.3f}"
+        )
         return _save(fig, out_stem)
 
 

@@ -20,6 +20,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"calcirad: no {table}: has the workflow finished?", file=sys.stderr)
         return 1
     print(table.read_text(encoding="utf-8"))
+    null = results / "tables" / "permutation_null.md"
+    if null.exists():
+        print(null.read_text(encoding="utf-8"))
     failures = results / "tables" / "failures.csv"
     if failures.exists():
         n_failures = max(0, len(failures.read_text(encoding="utf-8").splitlines()) - 1)

@@ -43,7 +43,7 @@ MODALITIES = list(config["modalities"])
 TASKS = list(config["model"]["tasks"])
 FEATURE_SETS = list(config["model"]["feature_sets"])
 MODELS = list(config["model"]["models"])
-MODEL_TABLES = ["performance", "model_comparison", "top_features"]
+MODEL_TABLES = ["performance", "model_comparison", "top_features", "permutation_null"]
 TABLE_FORMATS = ["csv", "md", "tex"]
 FIGURE_FORMATS = ["png", "svg"]
 

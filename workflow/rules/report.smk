@@ -59,11 +59,12 @@ rule cohort_table:
 
 rule figures:
     input:
-        expand(
+        results=expand(
             "results/models/{{task}}/{feature_set}/{model}.json",
             feature_set=FEATURE_SETS,
             model=MODELS,
         ),
+        null="results/models/{task}/permutation_null.json",
     output:
         report(
             expand(

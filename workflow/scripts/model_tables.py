@@ -8,7 +8,8 @@ from calcirad.tables import package_versions
 
 with job_log(snakemake.log[0]):
     write_model_tables(
-        results=list(snakemake.input),
+        results=list(snakemake.input.results),
+        nulls=list(snakemake.input.nulls),
         tables_dir=Path(snakemake.output[0]).parent,
         provenance={**snakemake.params.provenance, "packages": package_versions()},
     )

@@ -4,6 +4,10 @@ AUC definition (documented): within each repeat, the outer-fold predictions of a
 pooled into one ROC; the row's AUC is the mean over repeats. The 95% CI is the percentile interval
 of the same statistic over a stratified bootstrap of subjects (fixed seed). Threshold metrics,
 Brier score and calibration are computed per repeat and averaged over repeats.
+
+Site harmonisation (``harmonize="combat"``): the site is carried as an extra column of ``X``
+(``SITE_COLUMN``) that the pipeline's first step fits ComBat with inside each training fold and
+then drops; see :mod:`calcirad.model.harmonize` for test sites absent from their training fold.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pandas as pd
 from calcirad.errors import ConfigError
 from calcirad.model import metrics
 from calcirad.model.feature_sets import get_task, select_feature_set, task_labels
+from calcirad.model.harmonize import SITE_COLUMN
 from calcirad.model.pipelines import build_model
 from calcirad.model.validation import CVConfig, CVRun, run_nested_cv, with_repeats
 
@@ -42,15 +47,18 @@ def design(
     return X.loc[subjects], y.loc[subjects], int(y.size - len(subjects))
 
 
-def _align_sites(sites: pd.Series | None, subjects: pd.Index) -> np.ndarray | None:
+def _align_sites(sites: pd.Series | None, subjects: pd.Index) -> np.ndarray:
+    """Every subject's site (cv.group_by_site and model.harmonize need them all)."""
     if sites is None:
-        return None
+        raise ConfigError("no sites given (cv.group_by_site and model.harmonize need them)")
     sites = sites.copy()
     sites.index = sites.index.astype(str)
     aligned = sites.reindex(subjects)
     if aligned.isna().any():
         missing = sorted(aligned.index[aligned.isna()])[:5]
-        raise ConfigError(f"no site for subjects {missing} (cv.group_by_site needs every site)")
+        raise ConfigError(
+            f"no site for subjects {missing} (cv.group_by_site and model.harmonize need every site)"
+        )
     return aligned.astype(str).to_numpy()
 
 
@@ -230,6 +238,7 @@ def evaluate(
     missing: str = "drop",
     n_permutations: int = 0,
     param_grid: dict | None = None,
+    harmonize: str | None = None,
 ) -> dict:
     """Nested-CV evaluation of one (task, feature set, model) row; see the module docstring."""
     config = CVConfig.from_dict(cv)
@@ -238,8 +247,11 @@ def evaluate(
         features=features, labels=labels, task=task, feature_set=feature_set,
         clinical=clinical, missing=missing,
     )  # fmt: skip
-    pipeline, grid = build_model(model, seed=seed, param_grid=param_grid)
-    site_array = _align_sites(sites, X.index) if config.group_by_site else None
+    pipeline, grid = build_model(model, seed=seed, param_grid=param_grid, harmonize=harmonize)
+    needs_sites = config.group_by_site or harmonize is not None
+    site_array = _align_sites(sites, X.index) if needs_sites else None
+    # The design as the pipeline sees it: with harmonisation, plus the site column its first step consumes.
+    X_fit = X.assign(**{SITE_COLUMN: site_array}) if harmonize is not None else X
     y = y_series.to_numpy()
     notes: list[str] = []
     if n_dropped:
@@ -251,14 +263,15 @@ def evaluate(
         "grid": grid,
         "config": config,
         "seed": seed,
-        "sites": site_array,
+        "sites": site_array if config.group_by_site else None,
     }
-    run = _run_quietly(lambda: run_nested_cv(X, y, warnings=notes, **common), notes)
+    run = _run_quietly(lambda: run_nested_cv(X_fit, y, warnings=notes, **common), notes)
     result = {
         "task": task,
         "feature_set": feature_set,
         "model": model,
         "missing": missing,
+        "harmonize": harmonize,
         "seed": seed,
     }
     result |= _cohort_counts(y_series, spec.classes, spec.positive)
@@ -271,7 +284,8 @@ def evaluate(
             "calibration slope/intercept undefined: predictions separate the classes perfectly"
         )
     null = _run_quietly(
-        lambda: permutation_null(X, y, n_permutations=n_permutations, notes=notes, **common), notes
+        lambda: permutation_null(X_fit, y, n_permutations=n_permutations, notes=notes, **common),
+        notes,
     )
     result |= _null_summary(null, result["auc"]) | {
         "n_permutations": n_permutations,

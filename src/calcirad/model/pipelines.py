@@ -1,8 +1,9 @@
 """Model zoo: every model is one scikit-learn Pipeline, so every data-dependent step is refitted per fold.
 
-Step order: median imputation -> drop constant features -> correlation filter -> standardise ->
-univariate selection (ANOVA F, top ``k``) -> classifier. Grid keys use the usual ``step__param``
-form; ``PARAM_GRIDS`` are deliberately small (the demo cohort has 36 subjects).
+Step order: [ComBat site harmonisation, with ``harmonize="combat"``] -> median imputation -> drop
+constant features -> correlation filter -> standardise -> univariate selection (ANOVA F, top ``k``)
+-> classifier. Grid keys use the usual ``step__param`` form; ``PARAM_GRIDS`` are deliberately
+small (the demo cohort has 36 subjects).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 from calcirad.errors import ConfigError
+from calcirad.model.harmonize import ComBat
 from calcirad.model.transformers import CorrelationFilter
 
 DEFAULT_K = 10
 DEFAULT_CORRELATION = 0.9
+HARMONIZERS = ("combat",)
 
 
 def _preprocessing(*, k: int = DEFAULT_K) -> list[tuple[str, object]]:
@@ -97,11 +100,21 @@ PARAM_GRIDS: dict[str, dict[str, list]] = {
 }
 
 
-def build_model(model: str, *, seed: int, param_grid: dict | None = None) -> tuple[Pipeline, dict]:
-    """The model's pipeline and its grid (``param_grid`` replaces the default grid when given)."""
+def build_model(
+    model: str, *, seed: int, param_grid: dict | None = None, harmonize: str | None = None
+) -> tuple[Pipeline, dict]:
+    """The model's pipeline and its grid (``param_grid`` replaces the default grid when given).
+
+    ``harmonize="combat"`` prepends :class:`~calcirad.model.harmonize.ComBat`, which expects the
+    site as column :data:`~calcirad.model.harmonize.SITE_COLUMN` of ``X`` and drops it.
+    """
     if model not in MODELS:
         raise ConfigError(f"unknown model {model!r}; expected one of {sorted(MODELS)}")
+    if harmonize is not None and harmonize not in HARMONIZERS:
+        raise ConfigError(f"unknown harmonize {harmonize!r}; expected null or one of {HARMONIZERS}")
     pipeline = MODELS[model](seed)
+    if harmonize == "combat":
+        pipeline.steps.insert(0, ("harmonize", ComBat()))
     grid = PARAM_GRIDS[model] if param_grid is None else param_grid
     unknown = sorted(set(grid) - set(pipeline.get_params()))
     if unknown:

@@ -51,6 +51,67 @@ def performance_table(results: list[dict]) -> pd.DataFrame:
     return sort_rows(df)
 
 
+def best_result(results: list[dict], task: str) -> dict | None:
+    """The task's best estimable row: highest AUC, ties to the first in table order; None if none."""
+    rows = [r for r in results if r["task"] == task and r.get("auc") is not None]
+    if not rows:
+        return None
+    keys = pd.DataFrame([{k: r[k] for k in KEY} | {"position": i} for i, r in enumerate(rows)])
+    ordered = [rows[i] for i in sort_rows(keys)["position"]]
+    return max(ordered, key=lambda r: r["auc"])  # max keeps the first of equal AUCs
+
+
+NULL_COLUMNS = ["null_auc_mean", "null_auc_sd", "permutation_p", "n_permutations"]
+
+
+def with_permutation_nulls(performance: pd.DataFrame, nulls: list[dict]) -> pd.DataFrame:
+    """The performance table with each task's permutation null on the row it was computed for."""
+    df = performance.copy()
+    for null in nulls:
+        if not null.get("n_permutations"):
+            continue
+        row = (
+            (df["task"] == null["task"])
+            & (df["feature_set"] == null["feature_set"])
+            & (df["model"] == null["model"])
+        )
+        df.loc[row, NULL_COLUMNS] = [null.get(column) for column in NULL_COLUMNS]
+    return df
+
+
+def permutation_table(nulls: list[dict]) -> pd.DataFrame:
+    """Per task: the best row refitted on permuted labels (whole nested CV each time).
+
+    ``auc`` is the observed AUC of that row; the null is summarised by its mean, SD, 95th
+    percentile and maximum; ``permutation_p`` = (1 + #null >= observed) / (1 + n).
+    """
+    rows = []
+    for null in nulls:
+        values = np.asarray(null.get("null_auc") or [], float)
+        rows.append(
+            {
+                "task": null["task"],
+                "feature_set": null.get("feature_set"),
+                "model": null.get("model"),
+                "auc": null.get("auc"),
+                "n_permutations": int(null.get("n_permutations") or 0),
+                "null_auc_mean": null.get("null_auc_mean"),
+                "null_auc_sd": null.get("null_auc_sd"),
+                "null_auc_q95": float(np.quantile(values, 0.95)) if values.size else math.nan,
+                "null_auc_max": float(values.max()) if values.size else math.nan,
+                "permutation_p": null.get("permutation_p"),
+            }
+        )
+    columns = [
+        "task", "feature_set", "model", "auc", "n_permutations", "null_auc_mean", "null_auc_sd",
+        "null_auc_q95", "null_auc_max", "permutation_p",
+    ]  # fmt: skip
+    df = pd.DataFrame(rows, columns=columns)
+    numeric = columns[3:]
+    df[numeric] = df[numeric].apply(pd.to_numeric, errors="coerce")
+    return sort_rows(df)
+
+
 def prediction_arrays(result: dict, subjects: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """``y[n]`` and ``proba[repeat, n, class]`` of ``subjects`` from a result's prediction records."""
     records = pd.DataFrame(result["predictions"])

@@ -293,16 +293,44 @@ def _encloses_marrow(
     """Whether a shell encloses marrow: cavities of marrow density (median within
     ``marrow_min_hu``-``marrow_max_hu``, lesion material not counted) make at least a quarter of
     what it encloses. A bone merged with a calcified lesion shell encloses both marrow and the
-    lesion's soft core; the shell of a lesion alone encloses no marrow."""
+    lesion's soft core; the shell of a lesion alone encloses no marrow.
+
+    A bone that a mass has partly replaced is open on the mass's side, so nothing is enclosed
+    topologically; its cortex still surrounds the remaining marrow in-plane (rays meet it in at
+    least ``marrow_enclosure`` of 8 directions). Such marrow counts when it is at least a quarter
+    of the shell's own volume.
+    """
     closed = closing(component, params.marrow_closing_mm, spacing)
     inside = fill_holes(closed, axis) & ~component & ~thick
     labels, count = ndimage.label(inside, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        return False
-    median = label_median(hu, labels, count)[1:]
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
-    marrow = (median >= params.marrow_min_hu) & (median <= params.marrow_max_hu)
-    return bool(sizes[marrow].sum() >= 0.25 * sizes.sum())
+    if count > 0:
+        median = label_median(hu, labels, count)[1:]
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+        marrow = (median >= params.marrow_min_hu) & (median <= params.marrow_max_hu)
+        if sizes[marrow].sum() >= 0.25 * sizes.sum():
+            return True
+    return _surrounds_marrow(component, hu, thick=thick, spacing=spacing, axis=axis, params=params)
+
+
+def _surrounds_marrow(
+    component: np.ndarray,
+    hu: np.ndarray,
+    *,
+    thick: np.ndarray,
+    spacing: tuple[float, float, float],
+    axis: int,
+    params: ThresholdParams,
+) -> bool:
+    """Whether a shell that encloses nothing still surrounds marrow in-plane (eroded bone)."""
+    smooth = ndimage.median_filter(hu, size=3)
+    medium = (
+        (smooth >= params.marrow_min_hu) & (smooth <= params.marrow_max_hu) & ~component & ~thick
+    )
+    in_plane = min(s for a, s in enumerate(spacing) if a != axis)
+    reach = int(np.ceil(2 * params.max_marrow_radius_mm / in_plane))
+    hits = enclosing_directions(medium, component, axis, reach_voxels=reach)
+    surrounded = medium & (hits >= params.marrow_enclosure * 8)
+    return bool(surrounded.sum() >= 0.25 * component.sum())
 
 
 def _drop_lesion_shells(

@@ -9,6 +9,7 @@ import pandas as pd
 from calcirad.errors import ConfigError
 from calcirad.model import comparison_table, evaluate, performance_table, top_features_table
 from calcirad.model.feature_sets import drop_unstable
+from calcirad.model.summary import best_result, permutation_table, with_permutation_nulls
 from calcirad.steps.common import log, read_json, write_json
 from calcirad.tables import write_table
 
@@ -60,12 +61,13 @@ def run_model(
             seed=settings["seed"],
             sites=(
                 pd.Series(sites).loc[label_series.index]
-                if settings["cv"]["group_by_site"]
+                if settings["cv"]["group_by_site"] or settings.get("harmonize")
                 else None
             ),
             clinical=_clinical_frame(clinical),
             missing=settings["missing"],
-            n_permutations=settings["n_permutations"],
+            n_permutations=int(settings.get("n_permutations", 0)),
+            harmonize=settings.get("harmonize"),
         )
         log.info("%s / %s / %s: n=%s AUC=%s", task, feature_set, model, result["n_subjects"],
                  result["auc"])  # fmt: skip
@@ -110,17 +112,70 @@ def _stability_filter(
     return {"min_icc": float(min_icc), "dropped": dropped, "note": note}
 
 
+def run_permutation_null(
+    *,
+    results: list[str | Path],
+    task: str,
+    settings: dict,
+    out_json: str | Path,
+    **inputs,
+) -> dict:
+    """The leakage guard: the task's best row (highest AUC) refitted on permuted labels.
+
+    Each of ``settings["n_permutations"]`` permutations reruns the whole nested CV (selection,
+    tuning, fitting) on shuffled labels; the JSON holds the null AUCs and the permutation p-value.
+    ``inputs`` are :func:`run_model`'s data arguments (features_csv, labels, sites, clinical,
+    stability_csv). With 0 permutations, or no estimable row, nothing is refitted.
+    """
+    best = best_result([read_json(path) for path in results], task)
+    n_permutations = int(settings.get("n_permutations", 0))
+    if best is None or n_permutations == 0:
+        reason = "no estimable row" if best is None else "model.n_permutations is 0"
+        log.info("%s: no permutation null (%s)", task, reason)
+        null = {
+            "task": task,
+            "feature_set": best and best["feature_set"],
+            "model": best and best["model"],
+            "auc": best and best["auc"],
+            "n_permutations": 0,
+            "null_auc": [],
+            "note": reason,
+        }
+        write_json(out_json, null)
+        return null
+    log.info("%s: %d permutations of %s / %s (AUC %.3f)", task, n_permutations,
+             best["feature_set"], best["model"], best["auc"])  # fmt: skip
+    result = run_model(
+        task=task,
+        feature_set=best["feature_set"],
+        model=best["model"],
+        settings=settings | {"n_permutations": n_permutations},
+        out_json=out_json,
+        **inputs,
+    )
+    if result.get("auc") != best["auc"]:  # same data, seed and code: the refit must agree
+        log.warning("%s: refitted AUC %s differs from the fitted row's %s", task,
+                    result.get("auc"), best["auc"])  # fmt: skip
+    return result
+
+
 def write_model_tables(
-    *, results: list[str | Path], tables_dir: str | Path, provenance: dict
+    *,
+    results: list[str | Path],
+    tables_dir: str | Path,
+    provenance: dict,
+    nulls: list[str | Path] = (),
 ) -> dict[str, pd.DataFrame]:
-    """performance, model_comparison and top_features tables as CSV + Markdown + LaTeX."""
+    """performance, model_comparison, top_features and permutation_null tables (CSV, MD, TeX)."""
     loaded = [read_json(path) for path in results]
+    null_results = [read_json(path) for path in nulls]
     estimable = [result for result in loaded if result.get("predictions")]
     tables_dir = Path(tables_dir)
     made = {
         "performance": (
-            performance_table(loaded),
-            "Cross-validated performance (outer folds of nested, repeated, stratified CV).",
+            with_permutation_nulls(performance_table(loaded), null_results),
+            "Cross-validated performance (outer folds of nested, repeated, stratified CV); "
+            "null AUC and permutation p on each task's best row.",
         ),
         "model_comparison": (
             comparison_table(estimable),
@@ -129,6 +184,10 @@ def write_model_tables(
         "top_features": (
             top_features_table(estimable),
             "Features most often selected over outer folds, with mean importance.",
+        ),
+        "permutation_null": (
+            permutation_table(null_results),
+            "Leakage guard: each task's best row refitted (whole nested CV) on permuted labels.",
         ),
     }
     for stem, (table, caption) in made.items():

@@ -90,11 +90,14 @@ def write_cohort_table(
     return table
 
 
-FIGURES = ("roc", "calibration", "confusion", "importance")
+FIGURES = ("roc", "calibration", "confusion", "importance", "permutation")
 
 
-def write_figures(*, results: list[str | Path], task: str, out_dir: str | Path) -> list[Path]:
-    """ROC (with bootstrap bands), calibration, confusion and importance figures of one task.
+def write_figures(
+    *, results: list[str | Path], task: str, out_dir: str | Path, null: str | Path | None = None
+) -> list[Path]:
+    """ROC (with bootstrap bands), calibration, confusion and importance figures of one task,
+    and the permutation null of its best row (``null``: rule permutation_null's JSON).
 
     Files: ``out_dir/{figure}_{task}.png`` and ``.svg`` for each figure in FIGURES; confusion
     and importance show the task's best-AUC feature set and model.
@@ -109,6 +112,21 @@ def write_figures(*, results: list[str | Path], task: str, out_dir: str | Path) 
             message = f"No model could be estimated for {task}:\nsee the performance table."
             written += figures.message_figure(message, out_stem=out_stem)
             continue
+        if name == "permutation":
+            written += _permutation_figure(null, task=task, out_stem=out_stem)
+            continue
         draw = getattr(figures, f"{name}_figure")
         written += draw(estimable, task=task, out_stem=out_stem)
     return written
+
+
+def _permutation_figure(null_json: str | Path | None, *, task: str, out_stem: Path) -> list[Path]:
+    from calcirad import figures
+
+    null = read_json(null_json) if null_json else {}
+    if not null.get("null_auc"):
+        reason = null.get("note", "no permutation null computed")
+        return figures.message_figure(
+            f"No permutation null for {task}:\n{reason}.", out_stem=out_stem
+        )
+    return figures.permutation_figure(null, out_stem=out_stem)
