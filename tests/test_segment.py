@@ -28,6 +28,7 @@ from calcirad.segment import (
 )
 from calcirad.segment._grid import (
     array_spacing,
+    distance_mm,
     enclosing_directions,
     label_maximum,
     label_median,
@@ -737,6 +738,37 @@ def test_label_median_and_maximum_match_ndimage():
         label_maximum(values, labels, 5)[[1, 2, 3, 5]],
         ndimage.maximum(values, labels, index=[1, 2, 3, 5]),
     )
+
+
+def test_distance_mm_matches_scipy_on_an_anisotropic_grid():
+    rng = np.random.default_rng(1)
+    mask = ~ndimage.binary_dilation(rng.random((30, 40, 50)) > 0.997, iterations=2)
+    for sampling in ((2.5, 0.8, 0.7), (1e9, 0.8, 0.7)):  # 3-D, and in-plane only
+        expected = ndimage.distance_transform_edt(mask, sampling=sampling)
+        got = distance_mm(mask, sampling)
+        assert got.dtype == np.float32
+        assert np.allclose(got, expected, rtol=1e-5, atol=1e-4)
+    assert np.isinf(distance_mm(np.ones((4, 5, 6), bool), (1.0, 1.0, 1.0))).all()
+
+
+def test_nearest_marrow_matches_the_whole_volume_feature_transform():
+    """Per-region distance maps in grown boxes give the same distance and owner, within reach,
+    as scipy's whole-volume transform with nearest-voxel indices."""
+    from calcirad.segment.ct import _nearest_marrow
+
+    x, y, z, _ = _grid(size=(80, 60, 30))
+    regions = _capsule(x, y, z, (-40, 0, -30), (-40, 0, 30), 8) | _sphere(x, y, z, (30, 10, 0), 9)
+    labels, count = ndimage.label(regions)
+    spacing = (3.0, 2.2, 2.2)
+    distance, owner = _nearest_marrow(labels, spacing=spacing, reach_mm=11.5)
+    expected, nearest = ndimage.distance_transform_edt(
+        labels == 0, sampling=spacing, return_indices=True
+    )
+    within = expected <= 11.5
+    assert count == 2 and within.sum() > 2 * regions.sum()
+    assert np.allclose(distance[within], expected[within], atol=1e-4)
+    assert (owner[within] == labels[tuple(nearest)][within]).all()
+    assert np.isinf(distance[~within]).all() and (owner[~within] == 0).all()
 
 
 def test_enclosing_directions_sees_a_ring_with_a_gap():

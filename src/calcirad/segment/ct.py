@@ -45,6 +45,7 @@ from calcirad.segment._grid import (
     array_spacing,
     ball,
     closing,
+    distance_mm,
     enclosing_directions,
     extent_mm,
     fill_holes,
@@ -353,7 +354,7 @@ def _drop_lesion_shells(
     """
     if not marrow.any():
         return shell
-    far = shell & (ndimage.distance_transform_edt(~marrow, sampling=spacing) > params.max_cortex_mm)
+    far = shell & (distance_mm(~marrow, spacing) > params.max_cortex_mm)
     labels, count = ndimage.label(far, structure=np.ones((3, 3, 3), bool))
     drop = np.zeros(count + 1, bool)
     margin = [int(np.ceil(params.max_cortex_mm / s)) for s in spacing]
@@ -429,7 +430,7 @@ def _walled_marrow(
     outline = np.bincount(facing, minlength=count + 1)
     walled = wall >= params.marrow_wall_fraction * np.maximum(outline, 1)
     sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
-    depth = ndimage.distance_transform_edt(labels > 0, sampling=sampling)
+    depth = distance_mm(labels > 0, sampling)
     shallow = label_maximum(depth, labels, count) <= params.max_marrow_radius_mm
     keep = walled & shallow
     keep[0] = False
@@ -465,13 +466,15 @@ def _enclosed_marrow(
     # In-plane depth (huge spacing along the slice axis makes the EDT two-dimensional): the pelvic
     # inlet is enclosed only within axial slices and may be short in z.
     sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
-    depth = ndimage.distance_transform_edt(holes, sampling=sampling)
-    index = np.arange(1, count + 1)
+    depth = distance_mm(holes, sampling)
     shallow = label_maximum(depth, labels, count)[1:] <= params.max_marrow_radius_mm
-    # Wall voxels facing each hole (a wall voxel takes the label of a neighbouring hole).
-    facing = np.where(wall, ndimage.grey_dilation(labels, size=(3, 3, 3)), 0)
-    bony = ndimage.sum_labels(closed & ~thick, facing, index=index)
-    walls = ndimage.sum_labels(wall, facing, index=index)
+    del depth
+    # Wall voxels facing each hole (a wall voxel takes the label of a neighbouring hole); counts
+    # by bincount of the selected voxels only (ndimage.sum_labels makes float64 volume copies).
+    facing = ndimage.grey_dilation(labels, size=(3, 3, 3))
+    bony = np.bincount(facing[closed & ~thick], minlength=count + 1)[1:]
+    walls = np.bincount(facing[wall], minlength=count + 1)[1:]
+    del facing
     mostly_bone = bony >= 0.5 * np.maximum(walls, 1)
     dense_enough = label_median(smooth, labels, count)[1:] >= params.marrow_min_hu
     keep = np.concatenate([[False], shallow & mostly_bone & dense_enough])
@@ -494,15 +497,42 @@ def _cortex_under_lesions(
     this thickness (+ ``bone_margin_mm``) are cortex.
     """
     labels, count = ndimage.label(marrow, structure=np.ones((3, 3, 3), bool))
-    distance, nearest = ndimage.distance_transform_edt(
-        ~marrow, sampling=spacing, return_indices=True
+    distance, owner = _nearest_marrow(
+        labels, spacing=spacing, reach_mm=params.max_cortex_mm + params.bone_margin_mm
     )
-    owner = labels[tuple(nearest)]  # the bone whose marrow is closest to each voxel
     outer = shell & ~ndimage.binary_dilation(marrow) & (distance <= params.max_cortex_mm)
-    thickness = ndimage.median(distance, np.where(outer, owner, 0), index=np.arange(1, count + 1))
-    limit = np.concatenate([[0.0], np.nan_to_num(np.asarray(thickness, float), nan=0.0)])
-    limit = np.minimum(limit, params.max_cortex_mm) + params.bone_margin_mm
+    thickness = label_median(distance, np.where(outer, owner, 0), count)
+    limit = np.minimum(np.nan_to_num(thickness, nan=0.0), params.max_cortex_mm)
+    limit = (limit + params.bone_margin_mm).astype(np.float32)
     return dense_thick & (distance <= limit[owner])
+
+
+def _nearest_marrow(
+    labels: np.ndarray, *, spacing: tuple[float, float, float], reach_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (mm) to the nearest labelled marrow region and that region's label, up to
+    ``reach_mm`` from it (farther: inf and 0).
+
+    One distance map per region, in its box grown by ``reach_mm``: a whole-volume transform with
+    nearest-voxel indices takes gigabytes at 512 x 512 x 160.
+    """
+    distance = np.full(labels.shape, np.inf, np.float32)
+    owner = np.zeros(labels.shape, np.int32)
+    margin = [int(np.ceil(reach_mm / s)) + 1 for s in spacing]
+    for n, bbox in enumerate(ndimage.find_objects(labels), start=1):
+        if bbox is None:
+            continue
+        box = tuple(
+            slice(max(b.start - m, 0), min(b.stop + m, size))
+            for b, m, size in zip(bbox, margin, labels.shape, strict=True)
+        )
+        to_region = distance_mm(labels[box] != n, spacing)
+        closer = to_region < distance[box]
+        distance[box] = np.where(closer, to_region, distance[box])
+        owner[box] = np.where(closer, n, owner[box])
+    distance[distance > reach_mm] = np.inf
+    owner[np.isinf(distance)] = 0
+    return distance, owner
 
 
 def _exposed_marrow(
@@ -545,7 +575,7 @@ def _fluid(
     if count == 0:
         return fluid
     sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
-    depth = ndimage.distance_transform_edt(fluid, sampling=sampling)
+    depth = distance_mm(fluid, sampling)
     keep = label_maximum(depth, labels, count) <= params.fluid_max_radius_mm
     keep[0] = False
     return keep[labels]
@@ -567,7 +597,7 @@ def _fluid_lobules(
     """
     if not calcified.any():
         return calcified
-    distance = ndimage.distance_transform_edt(~calcified, sampling=spacing)
+    distance = distance_mm(~calcified, spacing)
     allowed = fluid & (distance <= params.fluid_reach_mm)
     septum = ball(params.septum_mm, spacing)
     reached = calcified
@@ -634,15 +664,16 @@ def _drop_bone_rinds(
     if count == 0 or not bone.any():
         return candidates
     filled = candidates | (fill_holes(candidates | bone, axis) & ~bone)
-    depth = np.where(candidates, ndimage.distance_transform_edt(filled, sampling=spacing), 0.0)
+    depth = np.where(candidates, distance_mm(filled, spacing), 0.0)
     max_depth = label_maximum(depth, labels, count)[1:]
     near_bone = ndimage.binary_dilation(bone, structure=np.ones((3, 3, 3), bool))
     touching = np.zeros(count + 1, bool)
     touching[np.unique(labels[near_bone & candidates])] = True
     # A haematoma's or bursa's thin calcified wall touches the bone at one place; cortex left
     # over by the bone mask lies along it.
-    contact = ndimage.mean(near_bone, labels, index=np.arange(1, count + 1))
-    along = np.asarray(contact) >= params.rind_contact
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
+    contact = np.bincount(labels[near_bone], minlength=count + 1)[1:] / np.maximum(sizes, 1)
+    along = contact >= params.rind_contact
     rind = touching[1:] & along & (max_depth < params.rind_depth_mm)
     drop = np.concatenate([[False], rind])
     return candidates & ~drop[labels]

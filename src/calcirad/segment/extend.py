@@ -31,6 +31,7 @@ from calcirad.errors import SubjectInputError
 from calcirad.segment._grid import (
     array_spacing,
     ball,
+    distance_mm,
     fill_holes,
     label_maximum,
     mask_array,
@@ -89,7 +90,7 @@ def muscle_reference_mask(
         # filter and distance map of a 512 x 512 x 160 CT cost minutes and gigabytes.
         box = _box_around(lesion_voxels, margin_mm=shell_mm[1] + 2 * max(spacing), spacing=spacing)
         hu = ndimage.median_filter(sitk.GetArrayViewFromImage(ct)[box].astype(np.float32), size=3)
-        distance = ndimage.distance_transform_edt(~lesion_voxels[box], sampling=spacing)
+        distance = distance_mm(~lesion_voxels[box], spacing)
         candidate = (hu >= hu_range[0]) & (hu <= hu_range[1])
         candidate &= (distance >= shell_mm[0]) & (distance <= shell_mm[1])
         muscle[box] = ndimage.binary_erosion(
@@ -139,7 +140,7 @@ def extend_mask(
     smooth = median3(hu)
     allowed &= smooth >= p.min_soft_tissue_hu
     allowed &= ~_large_fluid(smooth, spacing=spacing, axis=axis, params=p)
-    allowed &= ndimage.distance_transform_edt(~core, sampling=spacing) <= p.max_extension_mm
+    allowed &= distance_mm(~core, spacing) <= p.max_extension_mm
     extended, sources = core.copy(), ["ct"]
     for modality in ("t2", "pet"):
         if modality not in images:
@@ -183,7 +184,7 @@ def _large_fluid(
     if count == 0:
         return fluid
     sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
-    depth = ndimage.distance_transform_edt(fluid, sampling=sampling)
+    depth = distance_mm(fluid, sampling)
     deep = label_maximum(depth, labels, count) > params.max_fluid_radius_mm
     deep[0] = False
     return deep[labels]

@@ -6,7 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from calcirad.segment._grid import array_spacing, mask_array, voxel_volume_ml
+from calcirad.segment._grid import array_spacing, distance_mm, mask_array, voxel_volume_ml
 from calcirad.segment.carry import carry_mask, same_grid
 
 
@@ -40,8 +40,8 @@ def _hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, float, float]) -> 
     if not a.any() or not b.any():
         return float("inf")
     surface_a, surface_b = _surface(a), _surface(b)
-    to_b = ndimage.distance_transform_edt(~surface_b, sampling=spacing)[surface_a]
-    to_a = ndimage.distance_transform_edt(~surface_a, sampling=spacing)[surface_b]
+    to_b = distance_mm(~surface_b, spacing)[surface_a]
+    to_a = distance_mm(~surface_a, spacing)[surface_b]
     return float(max(np.percentile(to_b, 95), np.percentile(to_a, 95)))
 
 
