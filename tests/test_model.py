@@ -248,6 +248,29 @@ def test_small_class_reduces_folds_with_a_warning():
         run((features.loc[keep], labels.loc[keep], sites, clinical), task="tc_vs_sarcoma")
 
 
+def test_every_model_survives_the_smallest_inner_splits():
+    """12 subjects, multiclass: an inner training split holds 2 (or 1) subjects of a class. The
+    SVM's internal 3-fold calibration used to stop such a row with a ValueError."""
+    features, labels, sites, clinical = make_cohort(n_per_class=4, signal=2.0, seed=5)
+    cv = {"outer_folds": 3, "outer_repeats": 1, "inner_folds": 3, "bootstrap": 100}
+    for model in MODELS:
+        result = run((features, labels, sites, clinical), task="multiclass", model=model, cv=cv)
+        assert result["n_subjects"] == 12 and 0.5 < result["auc"] <= 1.0, (model, result["auc"])
+
+
+def test_platt_svc_calibrates_with_few_subjects_per_class():
+    from calcirad.model.pipelines import PlattSVC
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (6, 3)), rng.normal(3, 1, (2, 3))])
+    y = np.array([0] * 6 + [1] * 2)
+    proba = PlattSVC(random_state=0).fit(X, y).predict_proba(X)  # 2-fold calibration
+    assert proba.shape == (8, 2) and np.allclose(proba.sum(axis=1), 1)
+    with pytest.warns(UserWarning, match="1 training subject"):
+        single = PlattSVC(random_state=0).fit(X[:7], y[:7])
+    assert single.predict_proba(X).shape == (8, 2)
+
+
 def test_leave_one_site_out_and_multiclass(signal_cohort):
     result = run(signal_cohort, cv=FAST_CV | {"group_by_site": True}, task="multiclass")
     assert {r["repeat"] for r in result["predictions"]} == {0}

@@ -14,6 +14,7 @@ import SimpleITK as sitk
 from calcirad.errors import ConfigError
 from calcirad.features import extract_features
 from calcirad.model.feature_sets import drop_unstable
+from calcirad.plan import select_subjects
 from calcirad.stability import (
     DEFAULT_PERTURBATIONS,
     icc_3_1,
@@ -21,7 +22,6 @@ from calcirad.stability import (
     perturb_array,
     perturb_mask,
     perturbed_features,
-    select_subjects,
     shift_mm,
     stability_table,
 )

@@ -27,7 +27,6 @@ unstable features before modelling does not leak labels into the cross-validatio
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import re
 import tempfile
@@ -297,30 +296,3 @@ def _number(value) -> float:
 
 
 # --------------------------------------------------------------------------- subject choice
-
-
-def select_subjects(subjects: Sequence[str], choice: int | str | Sequence[str]) -> list[str]:
-    """The subjects whose masks are perturbed, in sorted order.
-
-    ``all``: every subject; an integer ``N``: the ``N`` subjects with the smallest sha256 of
-    their ID (deterministic, independent of sheet order and of labels; adding a subject changes
-    the choice only if its hash ranks among the first ``N``); ``0``: none; a list: exactly those
-    subjects (each must be in the sheet).
-    """
-    subjects = [str(s) for s in subjects]
-    if isinstance(choice, str):
-        if choice != "all":
-            raise ConfigError(
-                f"stability.subjects must be 'all', a count or a list, not {choice!r}"
-            )
-        return sorted(subjects)
-    if isinstance(choice, int) and not isinstance(choice, bool):
-        if choice < 0:
-            raise ConfigError(f"stability.subjects must be >= 0, not {choice}")
-        ranked = sorted(subjects, key=lambda s: hashlib.sha256(s.encode()).hexdigest())
-        return sorted(ranked[:choice])
-    chosen = [str(s) for s in choice]
-    unknown = sorted(set(chosen) - set(subjects))
-    if unknown:
-        raise ConfigError(f"stability.subjects names subjects not in the sample sheet: {unknown}")
-    return sorted(set(chosen))

@@ -6,7 +6,6 @@ provenance keys, no timestamps. Every file is written atomically.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from importlib import metadata
@@ -17,6 +16,7 @@ from tabulate import tabulate
 
 from calcirad.atomic import write_text
 from calcirad.model.feature_sets import CLASSES
+from calcirad.plan import config_hash
 
 PACKAGES = ("calcirad", "numpy", "pandas", "scikit-learn", "scipy")
 MISSING_TEXT = "NA"
@@ -25,12 +25,6 @@ _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
 }  # fmt: skip
-
-
-def config_hash(config: dict) -> str:
-    """SHA-256 of the configuration as canonical JSON (key order does not matter)."""
-    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def package_versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:

@@ -8,10 +8,8 @@ from snakemake.utils import validate
 
 from calcirad.errors import ConfigError
 from calcirad.sheet import CLINICAL_COLUMNS, check_sheet, read_sheet
-from calcirad.stability import select_subjects
+from calcirad.plan import FIGURES, config_hash, select_subjects
 from calcirad.steps.common import code_version
-from calcirad.steps.report import FIGURES
-from calcirad.tables import config_hash
 
 validate(config, "../schemas/config.schema.yaml")
 

@@ -8,11 +8,15 @@ small (the demo cohort has 36 subjects).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 from sklearn.feature_selection import SelectKBest, VarianceThreshold, f_classif
+from sklearn.frozen import FrozenEstimator
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -66,14 +70,63 @@ def random_forest(seed: int) -> Pipeline:
     return Pipeline([*_preprocessing(), ("classifier", classifier)])
 
 
-def svm_rbf(seed: int) -> Pipeline:
+class PlattSVC(ClassifierMixin, BaseEstimator):
     """RBF support-vector machine with sigmoid (Platt) probabilities, needed for Brier and calibration.
 
-    Probabilities come from CalibratedClassifierCV (``SVC(probability=True)`` is deprecated since
-    scikit-learn 1.9); its internal 3-fold split is unshuffled, hence deterministic.
+    Probabilities come from ``CalibratedClassifierCV`` (``SVC(probability=True)`` is deprecated
+    since scikit-learn 1.9) with ``cv`` internal folds, reduced to the smallest class: an inner
+    training split of a small cohort can hold 2 subjects of a class, and a fixed 3-fold
+    calibration then stops the whole row. With a class of a single subject the sigmoid is fitted
+    on the SVM's own training decision values (optimistic; a warning says so). The internal
+    split is unshuffled, hence deterministic.
     """
-    svc = SVC(kernel="rbf", C=1.0, gamma="scale", class_weight="balanced", random_state=seed)
-    classifier = CalibratedClassifierCV(svc, method="sigmoid", cv=3, ensemble=False)
+
+    def __init__(self, C=1.0, gamma="scale", class_weight="balanced", cv=3, random_state=None):
+        self.C = C
+        self.gamma = gamma
+        self.class_weight = class_weight
+        self.cv = cv
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        self.classes_, counts = np.unique(y, return_counts=True)
+        svc = SVC(
+            kernel="rbf",
+            C=self.C,
+            gamma=self.gamma,
+            class_weight=self.class_weight,
+            random_state=self.random_state,
+        )
+        smallest = int(counts.min())
+        if smallest >= 2:
+            folds = min(self.cv, smallest)
+            self.calibrated_ = CalibratedClassifierCV(
+                svc, method="sigmoid", cv=folds, ensemble=False
+            ).fit(X, y)
+        else:
+            warnings.warn(
+                "svm_rbf: a class has 1 training subject; its probabilities are calibrated on "
+                "the training data itself",
+                UserWarning,
+                stacklevel=2,
+            )
+            everything = np.arange(len(y))  # one "split": calibrate on the training rows
+            self.calibrated_ = CalibratedClassifierCV(
+                FrozenEstimator(svc.fit(X, y)), method="sigmoid", cv=[(everything, everything)]
+            ).fit(X, y)
+        self.n_features_in_ = self.calibrated_.n_features_in_
+        return self
+
+    def predict_proba(self, X):
+        return self.calibrated_.predict_proba(X)
+
+    def predict(self, X):
+        return self.calibrated_.predict(X)
+
+
+def svm_rbf(seed: int) -> Pipeline:
+    """RBF support-vector machine with Platt probabilities (:class:`PlattSVC`)."""
+    classifier = PlattSVC(C=1.0, gamma="scale", class_weight="balanced", random_state=seed)
     return Pipeline([*_preprocessing(), ("classifier", classifier)])
 
 
@@ -95,7 +148,7 @@ MODELS: dict[str, Callable[[int], Pipeline]] = {
 PARAM_GRIDS: dict[str, dict[str, list]] = {
     "logreg_elasticnet": {"classifier__C": [0.1, 1.0]},
     "random_forest": {"classifier__min_samples_leaf": [1, 3]},
-    "svm_rbf": {"classifier__estimator__C": [0.5, 2.0]},
+    "svm_rbf": {"classifier__C": [0.5, 2.0]},
     "gradient_boosting": {"classifier__learning_rate": [0.05, 0.2]},
 }
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from calcirad.atomic import atomic_path
+from calcirad.plan import FIGURES
 from calcirad.steps.common import STATUS_OK, log, read_json
 
 FAILURE_COLUMNS = ["subject", "stage", "modality", "reason"]
@@ -88,9 +89,6 @@ def write_cohort_table(
         provenance=provenance,
     )
     return table
-
-
-FIGURES = ("roc", "calibration", "confusion", "importance", "permutation")
 
 
 def write_figures(
