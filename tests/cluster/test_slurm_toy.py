@@ -11,11 +11,18 @@ from __future__ import annotations
 import math
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
-from slurm_helpers import REPO, group_size, load_profile, slurm_script, snakemake_command
+from slurm_helpers import (
+    REPO,
+    daemon_pids,
+    group_size,
+    load_profile,
+    run_guarded,
+    slurm_script,
+    snakemake_command,
+)
 
 TOY = REPO / "tests" / "cluster" / "toy" / "Snakefile"
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
@@ -73,6 +80,7 @@ def test_test_profile_is_the_real_profile_with_overrides() -> None:
         "failures",
         "cohort_table",
         "fit_model",
+        "permutation_null",
         "model_tables",
         "figures",
     }
@@ -89,10 +97,50 @@ def test_test_profile_is_the_real_profile_with_overrides() -> None:
 def test_start_is_idempotent(slurm: dict) -> None:
     pids = {p.name: p.read_text() for p in (slurm["dir"] / "pids").glob("*.pid")}
     assert set(pids) == {"munged.pid", "slurmctld.pid", "slurmd.pid"}
-    again = slurm_script("start", timeout=120)
+    again = slurm_script("start", "--holder", slurm["holder"], timeout=120)
     assert again.returncode == 0, again.stderr
     assert "already running" in again.stderr
     assert {p.name: p.read_text() for p in (slurm["dir"] / "pids").glob("*.pid")} == pids
+
+
+def _holders(slurm: dict) -> set[str]:
+    return {p.name for p in (slurm["dir"] / "holders").iterdir()}
+
+
+@pytest.mark.slow
+def test_other_users_come_and_go_without_stopping_it(slurm: dict) -> None:
+    """Another session (a real process) joins and releases; one that exits loses its lease. The
+    daemons stay the same processes throughout: nobody but the last user stops the cluster."""
+    pids = daemon_pids(slurm["dir"])
+    other = subprocess.Popen(["sleep", "300"])
+    gone = subprocess.Popen(["sleep", "300"])
+    try:
+        for holder in (other, gone):
+            join = slurm_script("start", "--holder", str(holder.pid), timeout=120)
+            assert join.returncode == 0 and "already running" in join.stderr, join.stderr
+        assert {slurm["holder"], str(other.pid), str(gone.pid)} <= _holders(slurm)
+
+        gone.kill()
+        gone.wait()
+        release = slurm_script("release", "--holder", str(other.pid), timeout=120)
+        assert release.returncode == 0, release.stderr
+        assert "left running" in release.stderr
+        assert slurm["holder"] in _holders(slurm)
+        assert not {str(other.pid), str(gone.pid)} & _holders(slurm)
+
+        # A by-hand stop does not pull the cluster from under a live session either. (It drops
+        # the by-hand lease of a cluster started by hand: taken again below.)
+        by_hand = "manual" in _holders(slurm)
+        stop = slurm_script("stop", timeout=120)
+        assert stop.returncode == 4 and "left running" in stop.stderr, stop.stderr
+        assert daemon_pids(slurm["dir"]) == pids
+        assert slurm_script("status", timeout=60).returncode == 0
+        if by_hand:
+            assert slurm_script("start", timeout=120).returncode == 0
+    finally:
+        for proc in (other, gone):
+            proc.kill()
+            proc.wait()
 
 
 @pytest.mark.slow
@@ -101,10 +149,6 @@ def test_toy_workflow_runs_as_grouped_slurm_jobs(slurm: dict, tmp_path: Path) ->
     run_dir.mkdir()
     log = tmp_path / "snakemake.log"
     command = [
-        "timeout",
-        "-k",
-        "10",
-        str(SNAKEMAKE_TIMEOUT),
         snakemake_command(),
         "--profile",
         "profiles/slurm-test",
@@ -113,22 +157,13 @@ def test_toy_workflow_runs_as_grouped_slurm_jobs(slurm: dict, tmp_path: Path) ->
         "--directory",
         str(run_dir),
     ]
-    t0 = time.monotonic()
-    with log.open("w") as out:
-        result = subprocess.run(
-            command,
-            cwd=REPO,
-            env=slurm["env"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=SNAKEMAKE_TIMEOUT + 30,
-        )
-    seconds = time.monotonic() - t0
-    print(f"\ntoy workflow under SLURM: {seconds:.1f} s")
+    run = run_guarded(command, log=log, timeout=SNAKEMAKE_TIMEOUT, cluster=slurm, env=slurm["env"])
+    print(f"\ntoy workflow under SLURM: {run.seconds:.1f} s")
     text = log.read_text()
     ctld_log = slurm["ctld_log"].read_text()
-    assert result.returncode == 0, (
-        f"snakemake exited {result.returncode} after {seconds:.0f} s:\n{text[-6000:]}\n"
+    assert run.problem is None, f"{run.problem}\n--- snakemake log (tail) ---\n{text[-3000:]}"
+    assert run.returncode == 0, (
+        f"snakemake exited {run.returncode} after {run.seconds:.0f} s:\n{text[-6000:]}\n"
         f"--- {slurm['ctld_log']} (tail) ---\n{ctld_log[-3000:]}"
     )
 

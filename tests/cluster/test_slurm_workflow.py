@@ -10,19 +10,17 @@ costs about 10 s of scheduler and Snakemake start-up on this node.
 from __future__ import annotations
 
 import re
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import yaml
-from slurm_helpers import REPO, snakemake_command
+from slurm_helpers import REPO, run_guarded, snakemake_command
 
 from calcirad.phantom import write_cohort
 
 pytestmark = pytest.mark.slow
 
-TIMEOUT = 1500  # seconds for the SLURM run (about 6-8 min here)
+TIMEOUT = 1500  # seconds per run (the SLURM run takes about 6-8 min here); a run whose cluster
+# goes away is stopped within seconds instead (slurm_helpers.run_guarded)
 COMPARED = [
     "results/tables/performance.csv",
     "results/tables/segmentation.csv",
@@ -31,20 +29,6 @@ COMPARED = [
     "results/features/pet.csv",
     "results/features/all.csv",
 ]
-
-
-def _run(command: list[str], *, log: Path, env: dict | None = None) -> tuple[int, float]:
-    t0 = time.monotonic()
-    with log.open("w") as out:
-        result = subprocess.run(
-            ["timeout", "-k", "10", str(TIMEOUT), *command],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=TIMEOUT + 60,
-        )
-    return result.returncode, time.monotonic() - t0
 
 
 @pytest.fixture(scope="module")
@@ -61,25 +45,32 @@ def runs(slurm: dict, tmp_path_factory) -> dict:
             "feature_sets": ["ct", "pet"],
             "models": ["logreg_elasticnet"],
             "cv": {"outer_folds": 3, "outer_repeats": 1, "inner_folds": 2, "bootstrap": 200},
+            "n_permutations": 3,
         },
     }
     config_path = base / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     common = ["--snakefile", str(REPO / "Snakefile"), "--configfile", str(config_path)]
     out = {"base": base}
-    for name, extra, env in (
+    for name, extra, cluster in (
         ("local", ["--profile", "profiles/local", "--cores", "2"], None),
-        ("slurm", ["--profile", "profiles/slurm-test"], slurm["env"]),
+        ("slurm", ["--profile", "profiles/slurm-test"], slurm),
     ):
         run_dir = base / name
         run_dir.mkdir()
         log = base / f"{name}.log"
-        code, seconds = _run(
-            [snakemake_command(), *common, *extra, "--directory", str(run_dir)], log=log, env=env
+        run = run_guarded(
+            [snakemake_command(), *common, *extra, "--directory", str(run_dir)],
+            log=log,
+            timeout=TIMEOUT,
+            cluster=cluster,
+            env=cluster["env"] if cluster else None,
         )
-        print(f"\n{name} run: {seconds:.1f} s")
-        assert code == 0, f"{name} run exited {code}:\n{log.read_text()[-6000:]}"
-        out[name] = {"dir": run_dir, "log": log.read_text(), "seconds": seconds}
+        print(f"\n{name} run: {run.seconds:.1f} s")
+        tail = log.read_text()[-6000:]
+        assert run.problem is None, f"{name} run: {run.problem}\n{tail}"
+        assert run.returncode == 0, f"{name} run exited {run.returncode}:\n{tail}"
+        out[name] = {"dir": run_dir, "log": log.read_text(), "seconds": run.seconds}
     return out
 
 
