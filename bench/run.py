@@ -138,6 +138,17 @@ def tree_hash(*entries: str) -> str:
     return digest.hexdigest()[:10]
 
 
+def copy_sources(entries: tuple[str, ...], dest: Path) -> None:
+    """Copy the repository's ``entries`` (files or folders, no bytecode) into ``dest``."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for entry in entries:
+        source = REPO / entry
+        if source.is_dir():
+            shutil.copytree(source, dest / entry, ignore=ignore)
+        elif source.exists():
+            shutil.copy2(source, dest / entry)
+
+
 def take_snapshot(code: str, root: Path) -> Path:
     """Copy the workflow and package source (``SNAPSHOT_ENTRIES``) to ``root/<code>`` once; the
     runs use its Snakefile, and its ``src`` comes first on PYTHONPATH (before the editable
@@ -147,13 +158,7 @@ def take_snapshot(code: str, root: Path) -> Path:
         tmp = folder.with_name(code + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-        for entry in SNAPSHOT_ENTRIES:
-            source = REPO / entry
-            if source.is_dir():
-                shutil.copytree(source, tmp / entry, ignore=ignore)
-            elif source.exists():
-                shutil.copy2(source, tmp / entry)
+        copy_sources(SNAPSHOT_ENTRIES, tmp)
         shutil.rmtree(folder, ignore_errors=True)
         tmp.rename(folder)
     WORKFLOW["root"] = folder

@@ -41,6 +41,9 @@ sys.path.insert(0, str(REPO / "tests" / "cluster"))
 
 from slurm_helpers import daemon_pids, run_guarded, slurm_script  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from run import copy_sources  # noqa: E402
+
 BIN = Path(sys.executable).parent
 CODE_ENTRIES = ("Snakefile", "workflow", "config", "profiles", "envs", "src")
 
@@ -113,13 +116,7 @@ def copy_code(out: Path) -> tuple[Path, dict]:
     code = out / "code"
     shutil.rmtree(code, ignore_errors=True)
     code.mkdir(parents=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for entry in CODE_ENTRIES:
-        source = REPO / entry
-        if source.is_dir():
-            shutil.copytree(source, code / entry, ignore=ignore)
-        elif source.exists():
-            shutil.copy2(source, code / entry)
+    copy_sources(CODE_ENTRIES, code)
     path = [str(code / "src"), os.environ.get("PYTHONPATH", "")]
     return code, {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
 
