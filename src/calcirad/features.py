@@ -30,7 +30,7 @@ import SimpleITK as sitk
 
 from calcirad.errors import ConfigError, SubjectInputError
 from calcirad.segment.carry import same_grid
-from calcirad.segment.ct import DEFAULT_CALCIFICATION_HU
+from calcirad.segment.defaults import DEFAULT_CALCIFICATION_HU
 
 STAGE = "features"
 PEAK_VOLUME_MM3 = 1000.0  # SUVpeak sphere: 1 cm^3 (PERCIST / IBSI local intensity peak)

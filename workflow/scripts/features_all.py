@@ -1,7 +1,7 @@
-"""Thin adapter: rule features_all -> calcirad.steps.features.write_wide_table."""
+"""Thin adapter: rule features_all -> calcirad.steps.feature_tables.write_wide_table."""
 
 from calcirad.steps.common import job_log
-from calcirad.steps.features import write_wide_table
+from calcirad.steps.feature_tables import write_wide_table
 
 modalities = list(snakemake.params.modalities)
 with job_log(snakemake.log[0]):

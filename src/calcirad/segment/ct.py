@@ -60,10 +60,7 @@ from calcirad.segment._grid import (
     touches_border,
     voxel_volume_ml,
 )
-
-DEFAULT_CALCIFICATION_HU = 150.0
-"""Calcification threshold (HU). Above muscle + 5 noise SD (~50 + 5 x 20), below gout tophi and
-sediment layers (120-800 HU), so dense and faint calcific matrix both seed the lesion."""
+from calcirad.segment.defaults import DEFAULT_CALCIFICATION_HU
 
 SegmentationMethod = Callable[[sitk.Image, Mapping[str, Any]], sitk.Image]
 SEGMENTATION_METHODS: dict[str, SegmentationMethod] = {}
@@ -87,6 +84,8 @@ class ThresholdParams:
     smoothing_mm: float = 0.0  # Gaussian sigma before thresholding; 0 keeps thin rims sharp
     cortex_hu: float = 450.0  # above marrow (<= 300 HU + noise), below partial-volumed cortex
     max_cortex_mm: float = 9.0  # thicker dense structures are lesion material, not cortex
+    valley_mm: float = 3.0  # gaps this narrow between dense structures (joint space, thin marrow)
+    valley_hu: float = 200.0  # ... blurred above cortex_hu but this far below their walls: gaps
     grain_closing_mm: float = 0.0  # >0: close speckled calcification first (thickens flat bone)
     min_skeleton_mm: float = 150.0  # shells this long are skeleton even inside the field of view
     min_isolated_bone_mm: float = 40.0  # shorter isolated shells are never bone
@@ -95,6 +94,7 @@ class ThresholdParams:
     marrow_wall_fraction: float = 0.5  # marrow-density region walled at least this much by cortex
     marrow_enclosure: float = 0.5  # ... and each voxel sees cortex in this fraction of 8 directions
     marrow_closing_mm: float = 3.0  # seals the few-mm marrow of flat bones (acetabulum, pelvis)
+    min_marrow_mm: float = 3.0  # thinner marrow-density layers inside a shell are partial volume
     max_marrow_radius_mm: float = 30.0  # deeper enclosed regions are body cavities, not marrow
     bone_margin_mm: float = 2.5  # partial-volume rim of the cortex (about one voxel)
     rind_depth_mm: float = 3.5  # touching bone and at most ~1 voxel deep (3 mm slices): bone rind
@@ -214,9 +214,10 @@ def _find_bone(
 ) -> np.ndarray:
     p = params
     dense = hu >= p.cortex_hu
+    solid = dense & ~_valleys(hu, spacing=spacing, params=p) if p.valley_hu > 0 else dense
     # Optionally close the gaps of speckled calcification, which the opening would otherwise
     # dissolve like thin cortex. Off by default: it also fuses the two cortices of flat bones.
-    grains = closing(dense, p.grain_closing_mm, spacing) if p.grain_closing_mm > 0 else dense
+    grains = closing(solid, p.grain_closing_mm, spacing) if p.grain_closing_mm > 0 else solid
     thick = opening(grains, p.max_cortex_mm / 2.0, spacing) & (hu >= p.threshold_hu)
     smooth = median3(hu)
     shell = _skeletal_shell(dense & ~thick, hu, thick=thick, spacing=spacing, axis=axis, params=p)
@@ -230,7 +231,9 @@ def _find_bone(
     marrow &= ~thick
     surrounded = _ray_enclosed(smooth, shell, thick=thick, spacing=spacing, axis=axis, params=p)
     walled = _walled_marrow(smooth, shell, thick=thick, spacing=spacing, axis=axis, params=p)
-    marrow |= walled & surrounded & ~soft_cavities
+    # At sub-millimetre voxels the inner partial-volume rim of a thin calcified shell (a
+    # haematoma's) has marrow density and is walled by that shell all round; marrow is thicker.
+    marrow |= opening(walled & surrounded & ~soft_cavities, p.min_marrow_mm / 2.0, spacing)
     # Marrow-density rims of soft cavities (partial volume with their calcified wall) are no
     # evidence that the wall is cortex.
     anchors = marrow & ~ndimage.binary_dilation(soft_cavities, iterations=2)
@@ -243,6 +246,24 @@ def _find_bone(
         core |= _cortex_under_lesions(dense & thick, marrow, shell=shell, spacing=spacing, params=p)
     rim = ndimage.binary_dilation(core, structure=ball(p.bone_margin_mm, spacing))
     return core | (rim & (hu >= p.threshold_hu) & ~thick)
+
+
+def _valleys(
+    hu: np.ndarray, *, spacing: tuple[float, float, float], params: ThresholdParams
+) -> np.ndarray:
+    """Voxels at the bottom of a narrow HU valley: a grey closing across ``valley_mm`` raises
+    them by at least ``valley_hu``.
+
+    At sub-millimetre voxels two cortices a millimetre or two apart (femoral head and acetabulum
+    across a narrow joint space, the two cortices of a thin acetabular wall) blur into one band
+    above ``cortex_hu``, thick enough to pass for lesion material; the gap still shows as a
+    valley. A calcific mass is dense throughout once its voxel-scale texture is smoothed.
+    The box spans one voxel either side at least, so coarse grids see one-voxel gaps.
+    """
+    size = [2 * max(1, round(params.valley_mm / (2 * s))) + 1 for s in spacing]
+    # Voxel-scale texture (heterogeneous calcific matrix, noise) is no gap: smoothed out first.
+    smooth = ndimage.gaussian_filter(hu, 0.7)
+    return ndimage.grey_closing(smooth, size=size) - smooth >= params.valley_hu
 
 
 def _skeletal_shell(
@@ -330,7 +351,9 @@ def _surrounds_marrow(
     in_plane = min(s for a, s in enumerate(spacing) if a != axis)
     reach = int(np.ceil(2 * params.max_marrow_radius_mm / in_plane))
     hits = enclosing_directions(medium, component, axis, reach_voxels=reach)
-    surrounded = medium & (hits >= params.marrow_enclosure * 8)
+    surrounded = opening(
+        medium & (hits >= params.marrow_enclosure * 8), params.min_marrow_mm / 2.0, spacing
+    )
     return bool(surrounded.sum() >= 0.25 * component.sum())
 
 
@@ -456,8 +479,11 @@ def _enclosed_marrow(
     Returns (marrow, soft cavities): the latter are those cores, dependent sediment included.
     """
     closed = closing(shell, params.marrow_closing_mm, spacing)
-    # Thin marrow sealed by the closing (flat bones), not the soft edge of a cavity it narrows.
-    sealed = closed & ~shell & (smooth >= params.marrow_min_hu)
+    # Thin marrow sealed by the closing (flat bones), not the soft edge of a cavity it narrows,
+    # nor the partial-volume rim that the closing adds along a curved shell at sub-mm voxels.
+    sealed = opening(
+        closed & ~shell & (smooth >= params.marrow_min_hu), params.min_marrow_mm / 2.0, spacing
+    )
     wall = closed | thick
     holes = fill_holes(wall, axis) & ~wall
     labels, count = ndimage.label(holes)
@@ -617,9 +643,42 @@ def _lesion_mask(
     axis: int,
     params: ThresholdParams,
 ) -> np.ndarray:
-    """Lesion voxels -> whole lesions: closing merges lobules across septa, holes are filled."""
+    """Lesion voxels -> whole lesions: closing merges lobules across septa, holes are filled,
+    including holes that a bone closes (see ``_holes_closed_by_bone``)."""
     closed = closing(candidates, params.closing_mm, spacing) & ~bone
-    return fill_holes(closed, axis) & ~bone
+    filled = fill_holes(closed, axis)
+    return (filled | _holes_closed_by_bone(filled, bone, axis=axis)) & ~bone
+
+
+def _holes_closed_by_bone(lesions: np.ndarray, bone: np.ndarray, *, axis: int) -> np.ndarray:
+    """Regions enclosed by lesion and bone together whose wall is mostly lesion.
+
+    The calcified shell of a haematoma or a bursa lying on a bone gives the bone the part of its
+    wall that touches the cortex; the shell alone is then open and its soft core would be lost.
+    The bone closes it. A region walled mostly by bone (the pelvic inlet next to a lesion) is not
+    the lesion's. Searched in the lesions' box grown by one voxel: a region reaching the box's
+    edge is not enclosed by the lesion.
+    """
+    if not lesions.any() or not bone.any():
+        return np.zeros_like(lesions)
+    box = tuple(
+        slice(max(b.start - 1, 0), min(b.stop + 1, size))
+        for b, size in zip(
+            ndimage.find_objects(lesions.astype(np.uint8))[0], lesions.shape, strict=True
+        )
+    )
+    lesion, wall = lesions[box], lesions[box] | bone[box]
+    labels, count = ndimage.label(fill_holes(wall, axis) & ~wall)
+    out = np.zeros_like(lesions)
+    if count == 0:
+        return out
+    facing = ndimage.grey_dilation(labels, size=(3, 3, 3))
+    by_lesion = np.bincount(facing[lesion], minlength=count + 1)
+    by_bone = np.bincount(facing[wall & ~lesion], minlength=count + 1)
+    keep = by_lesion > by_bone
+    keep[0] = False
+    out[box] = keep[labels]
+    return out
 
 
 def _capsule(

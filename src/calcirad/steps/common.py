@@ -22,6 +22,8 @@ STATUS_FAILED = "failed"
 STATUS_ABSENT = "absent"
 STATUS_EXCLUDED = "excluded"
 
+MUSCLE_PREFIX = "muscle_"  # masks/<subject>/muscle_t1.nii.gz: reference muscle on that MR grid
+
 
 @contextlib.contextmanager
 def job_log(path: str | Path | None) -> Iterator[logging.Logger]:

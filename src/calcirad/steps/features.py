@@ -1,28 +1,25 @@
-"""Step 3: radiomic + conventional features of one subject and modality; per-modality tables."""
+"""Step 3: radiomic + conventional features of one subject and modality.
+
+Imported by every extraction job: it keeps to what extraction needs (no pandas; tables are in
+``calcirad.steps.feature_tables``), because a cohort runs one such job per subject and modality.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
-from calcirad.atomic import atomic_path
 from calcirad.errors import SubjectInputError
-from calcirad.features import extract_features, feature_provenance
+from calcirad.features import extract_features
 from calcirad.steps.common import (
+    MUSCLE_PREFIX,
     STATUS_ABSENT,
     STATUS_EXCLUDED,
     STATUS_FAILED,
     STATUS_OK,
     failure,
     log,
-    read_json,
     write_json,
 )
-from calcirad.steps.segment import MUSCLE_PREFIX
-
-# How per-modality tables are named in the wide table: t1 features become t1_<name>, and so on.
-PREFIX_SEPARATOR = "_"
 
 
 def modality_inputs(
@@ -84,47 +81,3 @@ def run_features(
             )
     write_json(out_json, record)
     return record
-
-
-def write_modality_table(
-    *, records: list[str | Path], modality: str, out_csv: str | Path
-) -> pd.DataFrame:
-    """One row per subject with features on this modality: ``subject`` then feature columns."""
-    rows = []
-    for path in records:
-        record = read_json(path)
-        if record["status"] == STATUS_OK:
-            rows.append({"subject": record["subject"], **record["features"]})
-    table = pd.DataFrame(rows)
-    if table.empty:
-        table = pd.DataFrame(columns=["subject"])
-    table = table.sort_values("subject", kind="stable")
-    with atomic_path(out_csv) as tmp:
-        table.to_csv(tmp, index=False, lineterminator="\n", float_format="%.10g")
-    log.info("%s: %d subjects x %d features", modality, len(table), table.shape[1] - 1)
-    return table
-
-
-def write_wide_table(
-    *,
-    tables: dict[str, str | Path],
-    params_files: dict[str, str | Path],
-    out_csv: str | Path,
-    out_provenance: str | Path,
-) -> pd.DataFrame:
-    """Join the per-modality tables into one wide table, columns prefixed ``<modality>_``."""
-    wide = None
-    for modality, path in sorted(tables.items()):
-        table = pd.read_csv(path, dtype={"subject": str}).set_index("subject")
-        table = table.add_prefix(f"{modality}{PREFIX_SEPARATOR}")
-        wide = table if wide is None else wide.join(table, how="outer")
-    wide = wide.sort_index()
-    wide.index.name = "subject"
-    with atomic_path(out_csv) as tmp:
-        wide.to_csv(tmp, lineterminator="\n", float_format="%.10g")
-    provenance = {
-        modality: {**feature_provenance(Path(params_file)), "parameter_file": str(params_file)}
-        for modality, params_file in sorted(params_files.items())
-    }
-    write_json(out_provenance, provenance)
-    return wide

@@ -20,11 +20,18 @@ from calcirad.segment import (
     segmentation_metrics,
     select_lesions,
 )
-from calcirad.steps.common import STATUS_FAILED, STATUS_OK, failure, log, read_json, write_json
+from calcirad.steps.common import (
+    MUSCLE_PREFIX,
+    STATUS_FAILED,
+    STATUS_OK,
+    failure,
+    log,
+    read_json,
+    write_json,
+)
 
 STATUS_FILE = "segmentation.json"
 LABELS_FILE = "lesion_labels.nii.gz"
-MUSCLE_PREFIX = "muscle_"  # muscle_t1.nii.gz: reference muscle on that MR grid
 MR_MODALITIES = ("t1", "t2", "t1c")
 
 
