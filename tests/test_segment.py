@@ -30,6 +30,7 @@ from calcirad.segment._grid import (
     array_spacing,
     distance_mm,
     enclosing_directions,
+    grown_box,
     label_maximum,
     label_median,
     slice_axis,
@@ -723,6 +724,12 @@ def test_find_bone_is_memoised_and_read_only(tc_case):
 
 
 # --------------------------------------------------------------------------- grid helpers
+
+
+def test_grown_box_is_clipped_to_the_volume():
+    bbox = (slice(0, 2), slice(5, 7), slice(8, 10))
+    assert grown_box(bbox, 1, (4, 10, 10)) == (slice(0, 3), slice(4, 8), slice(7, 10))
+    assert grown_box(bbox, [0, 2, 3], (4, 10, 10)) == (slice(0, 2), slice(3, 9), slice(5, 10))
 
 
 def test_label_median_and_maximum_match_ndimage():

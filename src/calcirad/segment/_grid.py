@@ -114,6 +114,17 @@ def touches_border(bbox: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
     return any(s.start == 0 or s.stop == n for s, n in zip(bbox, shape, strict=True))
 
 
+def grown_box(
+    bbox: tuple[slice, ...], margin: int | list[int], shape: tuple[int, ...]
+) -> tuple[slice, ...]:
+    """A bounding box grown by ``margin`` voxels (one per axis, or the same for all), clipped."""
+    margins = margin if isinstance(margin, list) else [margin] * len(shape)
+    return tuple(
+        slice(max(b.start - m, 0), min(b.stop + m, n))
+        for b, m, n in zip(bbox, margins, shape, strict=True)
+    )
+
+
 def extent_mm(bbox: tuple[slice, ...], spacing: tuple[float, ...]) -> float:
     """Largest edge (mm) of a bounding box, measured between outer voxel faces."""
     return max((s.stop - s.start) * sp for s, sp in zip(bbox, spacing, strict=True))

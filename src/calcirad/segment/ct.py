@@ -49,6 +49,7 @@ from calcirad.segment._grid import (
     enclosing_directions,
     extent_mm,
     fill_holes,
+    grown_box,
     in_plane_structure,
     label_maximum,
     label_median,
@@ -233,7 +234,7 @@ def _find_bone(
     walled = _walled_marrow(smooth, shell, thick=thick, spacing=spacing, axis=axis, params=p)
     # At sub-millimetre voxels the inner partial-volume rim of a thin calcified shell (a
     # haematoma's) has marrow density and is walled by that shell all round; marrow is thicker.
-    marrow |= opening(walled & surrounded & ~soft_cavities, p.min_marrow_mm / 2.0, spacing)
+    marrow |= _without_thin_layers(walled & surrounded & ~soft_cavities, spacing=spacing, params=p)
     # Marrow-density rims of soft cavities (partial volume with their calcified wall) are no
     # evidence that the wall is cortex.
     anchors = marrow & ~ndimage.binary_dilation(soft_cavities, iterations=2)
@@ -246,6 +247,15 @@ def _find_bone(
         core |= _cortex_under_lesions(dense & thick, marrow, shell=shell, spacing=spacing, params=p)
     rim = ndimage.binary_dilation(core, structure=ball(p.bone_margin_mm, spacing))
     return core | (rim & (hu >= p.threshold_hu) & ~thick)
+
+
+def _without_thin_layers(
+    marrow: np.ndarray, *, spacing: tuple[float, float, float], params: ThresholdParams
+) -> np.ndarray:
+    """Marrow candidates without layers thinner than ``min_marrow_mm`` (an opening): at sub-mm
+    voxels the partial-volume rim inside a thin calcified shell has marrow density. At voxels
+    larger than ``min_marrow_mm`` / 2 the ball is one voxel and nothing changes."""
+    return opening(marrow, params.min_marrow_mm / 2.0, spacing)
 
 
 def _valleys(
@@ -351,8 +361,8 @@ def _surrounds_marrow(
     in_plane = min(s for a, s in enumerate(spacing) if a != axis)
     reach = int(np.ceil(2 * params.max_marrow_radius_mm / in_plane))
     hits = enclosing_directions(medium, component, axis, reach_voxels=reach)
-    surrounded = opening(
-        medium & (hits >= params.marrow_enclosure * 8), params.min_marrow_mm / 2.0, spacing
+    surrounded = _without_thin_layers(
+        medium & (hits >= params.marrow_enclosure * 8), spacing=spacing, params=params
     )
     return bool(surrounded.sum() >= 0.25 * component.sum())
 
@@ -385,10 +395,7 @@ def _drop_lesion_shells(
     for n, bbox in enumerate(ndimage.find_objects(labels), start=1):
         if extent_mm(bbox, spacing) < params.max_cortex_mm:
             continue
-        box = tuple(
-            slice(max(b.start - m, 0), min(b.stop + m, size))
-            for b, m, size in zip(bbox, margin, shell.shape, strict=True)
-        )
+        box = grown_box(bbox, margin, shell.shape)
         wall = closing(shell[box], params.marrow_closing_mm, spacing) | thick[box]
         cavities, _ = ndimage.label(fill_holes(wall, axis) & ~wall)
         near = ndimage.binary_dilation(labels[box] == n, structure=touching)
@@ -481,8 +488,8 @@ def _enclosed_marrow(
     closed = closing(shell, params.marrow_closing_mm, spacing)
     # Thin marrow sealed by the closing (flat bones), not the soft edge of a cavity it narrows,
     # nor the partial-volume rim that the closing adds along a curved shell at sub-mm voxels.
-    sealed = opening(
-        closed & ~shell & (smooth >= params.marrow_min_hu), params.min_marrow_mm / 2.0, spacing
+    sealed = _without_thin_layers(
+        closed & ~shell & (smooth >= params.marrow_min_hu), spacing=spacing, params=params
     )
     wall = closed | thick
     holes = fill_holes(wall, axis) & ~wall
@@ -548,10 +555,7 @@ def _nearest_marrow(
     for n, bbox in enumerate(ndimage.find_objects(labels), start=1):
         if bbox is None:
             continue
-        box = tuple(
-            slice(max(b.start - m, 0), min(b.stop + m, size))
-            for b, m, size in zip(bbox, margin, labels.shape, strict=True)
-        )
+        box = grown_box(bbox, margin, labels.shape)
         to_region = distance_mm(labels[box] != n, spacing)
         closer = to_region < distance[box]
         distance[box] = np.where(closer, to_region, distance[box])
@@ -661,12 +665,7 @@ def _holes_closed_by_bone(lesions: np.ndarray, bone: np.ndarray, *, axis: int) -
     """
     if not lesions.any() or not bone.any():
         return np.zeros_like(lesions)
-    box = tuple(
-        slice(max(b.start - 1, 0), min(b.stop + 1, size))
-        for b, size in zip(
-            ndimage.find_objects(lesions.astype(np.uint8))[0], lesions.shape, strict=True
-        )
-    )
+    box = grown_box(ndimage.find_objects(lesions.astype(np.uint8))[0], 1, lesions.shape)
     lesion, wall = lesions[box], lesions[box] | bone[box]
     labels, count = ndimage.label(fill_holes(wall, axis) & ~wall)
     out = np.zeros_like(lesions)

@@ -33,6 +33,7 @@ from calcirad.segment._grid import (
     ball,
     distance_mm,
     fill_holes,
+    grown_box,
     label_maximum,
     mask_array,
     median3,
@@ -110,11 +111,8 @@ def _box_around(
     """Numpy slices of the bounding box of ``mask`` grown by ``margin_mm`` (clipped to the array)."""
     where = np.argwhere(mask)
     low, high = where.min(axis=0), where.max(axis=0) + 1
-    pad = [int(np.ceil(margin_mm / s)) for s in spacing]
-    return tuple(
-        slice(max(lo - m, 0), min(hi + m, n))
-        for lo, hi, m, n in zip(low, high, pad, mask.shape, strict=True)
-    )
+    bbox = tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))
+    return grown_box(bbox, [int(np.ceil(margin_mm / s)) for s in spacing], mask.shape)
 
 
 def extend_mask(
