@@ -13,6 +13,8 @@ import SimpleITK as sitk
 
 from calcirad.errors import ConfigError, SubjectInputError
 from calcirad.features import (
+    _fast_length,
+    convolve_valid,
     extract_features,
     extract_with_provenance,
     feature_provenance,
@@ -151,6 +153,17 @@ def test_sphere_kernel_holds_one_millilitre_on_coarse_grids():
         assert kernel.sum() == pytest.approx(1.0)
         assert all(n % 2 == 1 for n in kernel.shape)
         assert np.allclose(kernel, kernel[::-1, ::-1, ::-1])  # symmetric: exact on linear fields
+
+
+def test_fft_convolution_equals_the_direct_sum():
+    rng = np.random.default_rng(7)
+    array, kernel = rng.normal(size=(9, 11, 8)), rng.random((3, 5, 4))  # kernel not symmetric
+    direct = np.zeros((7, 7, 5))
+    flipped = kernel[::-1, ::-1, ::-1]  # convolution, not correlation
+    for k, j, i in np.ndindex(direct.shape):
+        direct[k, j, i] = (array[k : k + 3, j : j + 5, i : i + 4] * flipped).sum()
+    assert np.allclose(convolve_valid(array, kernel), direct, rtol=0, atol=1e-12)
+    assert [_fast_length(n) for n in (1, 7, 11, 97, 121, 1001)] == [1, 8, 12, 100, 125, 1024]
 
 
 def test_suv_peak_on_a_linear_ramp_is_the_value_at_the_best_centre():

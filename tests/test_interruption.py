@@ -58,8 +58,9 @@ def start(run_dir: Path, config: Path) -> subprocess.Popen:
     )
 
 
-def running_jobs(process: subprocess.Popen, script: str = "") -> list[psutil.Process]:
-    """The job processes (workflow scripts) Snakemake is running now, optionally of one rule."""
+def running_jobs(process: subprocess.Popen, step: str = "") -> list[psutil.Process]:
+    """The job processes (``python -m calcirad.steps <step>``) Snakemake is running now,
+    optionally of one step."""
     try:
         children = psutil.Process(process.pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -67,11 +68,12 @@ def running_jobs(process: subprocess.Popen, script: str = "") -> list[psutil.Pro
     jobs = []
     for child in children:
         try:
-            line = " ".join(child.cmdline()).rstrip()
+            args = child.cmdline()
         except psutil.Error:
             continue
         is_python = child.name().startswith("python")
-        if is_python and ".snakemake/scripts/" in line and line.endswith(f"{script}.py"):
+        is_step = args[1:3] == ["-m", "calcirad.steps"] and (not step or args[3:4] == [step])
+        if is_python and is_step:
             jobs.append(child)
     return jobs
 
@@ -191,8 +193,16 @@ def test_sigkill_of_a_job_and_of_the_process_group_then_rerun_finishes_identical
     process.wait(timeout=60)
     killed_at = time.time()
     time.sleep(0.5)
-    alive = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
-    assert not [line for line in alive if str(run_dir) in line]  # no orphaned job
+    # No orphaned job: jobs run in the run folder, with paths relative to it.
+    here = os.path.realpath(run_dir)
+    alive = [p.info for p in psutil.process_iter(["cmdline", "cwd"])]
+    orphans = [
+        " ".join(info["cmdline"] or [])
+        for info in alive
+        if (info["cwd"] and os.path.realpath(info["cwd"]) == here)
+        or here in " ".join(info["cmdline"] or [])
+    ]
+    assert not orphans
     marked = incomplete_markers(run_dir)
     assert marked, "a job was running at the kill: its output must be marked incomplete"
     assert not (run_dir / "results/tables/failures.csv").exists()

@@ -1,14 +1,24 @@
-"""Workflow steps (the layer the thin scripts call): failures become data, not crashes."""
+"""Workflow steps (the layer the workflow's jobs call): failures become data, not crashes."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
+import SimpleITK as sitk
 
 from calcirad.model.synthetic import make_cohort
+from calcirad.steps import cli
 from calcirad.steps.common import read_json
+from calcirad.steps.features import run_features
 from calcirad.steps.model import run_model, run_permutation_null, write_model_tables
 from calcirad.steps.report import write_figures
+
+REPO = Path(__file__).resolve().parents[1]
 
 SETTINGS = {
     "cv": {"outer_folds": 3, "outer_repeats": 1, "inner_folds": 2, "bootstrap": 200,
@@ -106,3 +116,73 @@ def test_permutation_null_refits_the_best_row_on_permuted_labels(tmp_path):
                                 out_json=tmp_path / "none.json", **data)  # fmt: skip
     assert none["n_permutations"] == 0 and none["null_auc"] == []
     assert none["note"] == "model.n_permutations is 0"
+
+
+# ---- the per-subject command line (what the workflow's shell: rules run) ----------------------
+
+
+def _tiny_ct(folder: Path) -> tuple[Path, Path]:
+    """A 24^3 CT of noise around 60 HU with a 10^3 block of 400 HU, and that block as mask."""
+    rng = np.random.default_rng(3)
+    hu = rng.normal(60, 20, size=(24, 24, 24)).astype(np.int16)
+    hu[7:17, 7:17, 7:17] += 340
+    nifti, masks = folder / "nifti", folder / "masks"
+    nifti.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    for array, path in (
+        (hu, nifti / "ct.nii.gz"),
+        ((hu > 250).astype(np.uint8), masks / "ct.nii.gz"),
+    ):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((0.8, 0.8, 1.25))
+        sitk.WriteImage(image, str(path))
+    return nifti, masks
+
+
+def test_the_features_command_writes_what_the_step_function_writes(tmp_path):
+    nifti, masks = _tiny_ct(tmp_path)
+    params = REPO / "config/radiomics/ct.yaml"
+    direct = tmp_path / "direct.json"
+    run_features(subject="S1", modality="ct", nifti_dir=nifti, masks_dir=masks,
+                 params_file=params, out_json=direct)  # fmt: skip
+    by_command = tmp_path / "command.json"
+    log = tmp_path / "logs" / "features.log"
+    command = [sys.executable, "-m", "calcirad.steps", "features", "--subject", "S1",
+               "--modality", "ct", "--nifti", str(nifti), "--masks", str(masks),
+               "--params", str(params), "--out", str(by_command), "--log", str(log)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    record = read_json(by_command)
+    assert record["status"] == "ok"
+    assert record == read_json(direct)
+    # A bad mask (empty): a failure record, and the reason in the job's log, naming the subject.
+    empty = sitk.Image(24, 24, 24, sitk.sitkUInt8)
+    empty.SetSpacing((0.8, 0.8, 1.25))
+    sitk.WriteImage(empty, str(masks / "ct.nii.gz"))
+    failed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path)
+    assert failed.returncode == 0, failed.stderr  # recorded as data: the other jobs go on
+    assert read_json(by_command)["status"] == "failed"
+    assert "ERROR calcirad" in log.read_text() and "S1" in log.read_text()
+
+
+def test_the_step_command_names_a_bad_option_value(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["segment", "--subject", "S1", "--nifti", "n", "--out", "o",
+                  "--segmentation", "{not json", "--mask", "ct"])  # fmt: skip
+    assert stopped.value.code == 2
+    message = capsys.readouterr().err
+    assert "--segmentation" in message and "not JSON" in message
+
+
+def test_the_segment_command_takes_user_masks_per_modality():
+    args = cli.build_parser().parse_args(
+        ["segment", "--subject", "S1", "--nifti", "n", "--out", "o", "--segmentation", "{}",
+         "--mask", "ct=masks/a b.nii.gz", "--mask", "t2=rt=1.dcm", "--truth", "t.nii.gz"]
+    )  # fmt: skip
+    assert dict(args.mask) == {"ct": "masks/a b.nii.gz", "t2": "rt=1.dcm"}
+    assert (args.truth, args.truth_bone, args.segmentation) == ("t.nii.gz", None, {})
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(
+            ["segment", "--subject", "S1", "--nifti", "n", "--out", "o", "--segmentation", "{}",
+             "--mask", "ct"]
+        )  # fmt: skip

@@ -116,9 +116,6 @@ def suv_peak(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, f
     around the hottest region, not of the contour). Beyond the image border the edge value is
     repeated.
     """
-    # scipy.signal costs about 1 s of CPU to import: only the PET jobs that need it pay for it
-    from scipy import signal
-
     kernel = sphere_kernel(spacing)
     half = [n // 2 for n in kernel.shape]
     nonzero = np.nonzero(mask)
@@ -130,8 +127,39 @@ def suv_peak(image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, f
     # Edge padding + 'valid' FFT convolution = correlation with edge repetition (kernel symmetric);
     # FFT keeps fine grids (27^3-voxel kernel at 0.5 mm) fast.
     padded = np.pad(image[box].astype(np.float64), [(h, h) for h in half], mode="edge")
-    local_mean = signal.fftconvolve(padded, kernel, mode="valid")
+    local_mean = convolve_valid(padded, kernel)
     return float(local_mean[mask[box]].max())
+
+
+def _fast_length(n: int) -> int:
+    """The smallest 2-3-5-smooth integer >= n (FFT lengths that pocketfft transforms fastest)."""
+    best = 2 * n
+    power2 = 1
+    while power2 < best:
+        power3 = power2
+        while power3 < best:
+            power5 = power3
+            while power5 < n:
+                power5 *= 5
+            best = min(best, power5)
+            power3 *= 3
+        power2 *= 2
+    return best
+
+
+def convolve_valid(array: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """N-d convolution of ``array`` with ``kernel``, 'valid' part only (shape array - kernel + 1).
+
+    By FFT with numpy (scipy.signal.fftconvolve gives the same to rounding, but importing
+    scipy.signal costs a PET extraction job about 1.4 s of its 2 s: issue 10).
+    """
+    full = [a + k - 1 for a, k in zip(array.shape, kernel.shape, strict=True)]
+    lengths = [_fast_length(n) for n in full]
+    axes = tuple(range(array.ndim))
+    spectrum = np.fft.rfftn(array, lengths, axes=axes) * np.fft.rfftn(kernel, lengths, axes=axes)
+    convolved = np.fft.irfftn(spectrum, lengths, axes=axes)
+    valid = tuple(slice(k - 1, a) for a, k in zip(array.shape, kernel.shape, strict=True))
+    return convolved[valid]
 
 
 def _muscle_ratio(image: np.ndarray, mask: np.ndarray, reference: np.ndarray) -> float:

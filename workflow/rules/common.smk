@@ -1,6 +1,10 @@
 # Shared by all rule files (config and sample-sheet validation (before any job starts), subject
 # lists, input functions, and the per-stage code versions that make code changes rerun their stage).
 
+import json
+import os
+import shlex
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -37,6 +41,9 @@ samples = check_sheet(
 validate(_sheet, "../schemas/samples.schema.yaml")
 
 SUBJECTS = list(samples["subject"])
+# The sheet's rows as plain dicts: the input functions run once per job (thousands in a large
+# cohort), and a dict lookup costs a fraction of a DataFrame row lookup.
+ROWS = samples.to_dict(orient="index")
 MODALITIES = list(config["modalities"])
 TASKS = list(config["model"]["tasks"])
 FEATURE_SETS = list(config["model"]["feature_sets"])
@@ -73,6 +80,24 @@ CODE = {
 }
 
 
+# The per-subject jobs (thousands in a large cohort) are shell commands, `python -m calcirad.steps
+# <step>`, not `script:` jobs: a `script:` costs the DAG build a source-cache lookup per job and
+# each job an import of Snakemake (issue 10). Their python is the one running Snakemake (whose venv
+# need not be activated), or the job's own conda/container environment's. Set here, for the jobs
+# (each job on a cluster parses this file again): it is not something a user provides.
+_deployment = workflow.deployment_settings
+os.environ.update(
+    CALCIRAD_PYTHON=(
+        "python" if _deployment and _deployment.deployment_method else sys.executable
+    )
+)
+
+
+def as_json(value):
+    """A config slice as a command-line argument: deterministic JSON (key order fixed)."""
+    return json.dumps(value, sort_keys=True)
+
+
 # Feature stability under mask perturbation: which subjects and modalities are perturbed
 # (a deterministic subsample by default: see calcirad.stability.select_subjects).
 STABILITY_SUBJECTS = select_subjects(SUBJECTS, config["stability"]["subjects"])
@@ -107,39 +132,52 @@ IBSI_TARGETS = (
 
 
 def study_dir(wildcards):
-    return samples.loc[wildcards.subject, "dicom"]
+    return ROWS[wildcards.subject]["dicom"]
 
 
 def series_pins(wildcards):
     """Series pinned in the sheet (series_<modality> columns): SeriesInstanceUID or folder."""
-    row = samples.loc[wildcards.subject]
+    row = ROWS[wildcards.subject]
     return {
-        column.removeprefix("series_"): row[column]
-        for column in samples.columns
-        if column.startswith("series_") and row[column]
+        column.removeprefix("series_"): value
+        for column, value in row.items()
+        if column.startswith("series_") and value
     }
 
 
-def truth_mask(wildcards):
-    """Ground truth of a subject, when the config names a truth folder that has it: the lesion
-    mask, then (when present) the normal-bone mask of the phantom."""
+def truth_masks(wildcards):
+    """Ground truth of a subject (the phantoms), when the config names a truth folder that has
+    it: named inputs truth (the lesion mask) and, when present, truth_bone (normal bone).
+    """
     if not config["truth"]:
-        return []
+        return {}
     folder = Path(config["truth"]) / wildcards.subject
     lesion, bone = folder / "lesion.nii.gz", folder / "bone.nii.gz"
     if not lesion.exists():
-        return []
-    return [str(lesion)] + ([str(bone)] if bone.exists() else [])
+        return {}
+    return {"truth": str(lesion)} | ({"truth_bone": str(bone)} if bone.exists() else {})
 
 
 def user_masks(wildcards):
     """Masks given in the sheet (mask_<modality> columns), as named inputs mask_<modality>."""
-    row = samples.loc[wildcards.subject]
+    row = ROWS[wildcards.subject]
     return {
-        column: row[column]
-        for column in samples.columns
-        if column.startswith("mask_") and row[column]
+        column: value
+        for column, value in row.items()
+        if column.startswith("mask_") and value
     }
+
+
+def optional_input_options(wildcards, input):
+    """The command-line options of a segment job's optional inputs: --truth, --truth-bone and
+    --mask <modality>=<path> per user mask."""
+    options = []
+    for name, path in input.items():
+        if name.startswith("mask_"):
+            options += ["--mask", f"{name.removeprefix('mask_')}={path}"]
+        elif name.startswith("truth"):
+            options += [f"--{name.replace('_', '-')}", path]
+    return shlex.join(options)
 
 
 def radiomics_params(wildcards):
@@ -147,16 +185,12 @@ def radiomics_params(wildcards):
 
 
 def sheet_column(column):
-    return {s: samples.loc[s, column] for s in SUBJECTS}
+    return {s: ROWS[s][column] for s in SUBJECTS}
 
 
 def clinical_covariates():
     present = [c for c in CLINICAL_COLUMNS if c in samples.columns]
-    return (
-        {s: {c: samples.loc[s, c] for c in present} for s in SUBJECTS}
-        if present
-        else {}
-    )
+    return {s: {c: ROWS[s][c] for c in present} for s in SUBJECTS} if present else {}
 
 
 def table_provenance():

@@ -20,7 +20,9 @@ rule convert:
         runtime=20,
     params:
         study=study_dir,
-        conversion=config["conversion"],
+        conversion=as_json(config["conversion"]),
         code=CODE["convert"],
-    script:
-        "../scripts/convert.py"
+    shell:
+        '"$CALCIRAD_PYTHON" -m calcirad.steps convert --subject {wildcards.subject:q}'
+        " --inventory {input.inventory:q} --study {params.study:q}"
+        " --conversion {params.conversion:q} --out {output:q} --log {log:q}"

@@ -23,8 +23,10 @@ rule extract_features:
         runtime=30,
     params:
         code=CODE["features"],
-    script:
-        "../scripts/extract_features.py"
+    shell:
+        '"$CALCIRAD_PYTHON" -m calcirad.steps features --subject {wildcards.subject:q}'
+        " --modality {wildcards.modality} --nifti {input.nifti:q} --masks {input.masks:q}"
+        " --params {input.params:q} --out {output:q} --log {log:q}"
 
 
 rule features_table:

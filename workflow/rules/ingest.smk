@@ -19,12 +19,14 @@ rule ingest:
         mem_mb=1000,
         runtime=10,
     params:
-        rules=config["ingest"],
-        pins=series_pins,
+        rules=as_json(config["ingest"]),
+        pins=lambda wildcards: as_json(series_pins(wildcards)),
         modalities=MODALITIES,
         code=CODE["ingest"],
-    script:
-        "../scripts/ingest.py"
+    shell:
+        '"$CALCIRAD_PYTHON" -m calcirad.steps ingest --subject {wildcards.subject:q}'
+        " --study {input.study:q} --rules {params.rules:q} --pins {params.pins:q}"
+        " --modalities {params.modalities:q} --out {output:q} --log {log:q}"
 
 
 rule series_inventory:

@@ -4,8 +4,8 @@
 rule segment:
     input:
         unpack(user_masks),
+        unpack(truth_masks),
         nifti="results/nifti/{subject}",
-        truth=truth_mask,
     output:
         directory("results/masks/{subject}"),
     log:
@@ -20,10 +20,13 @@ rule segment:
         mem_mb=2000,
         runtime=20,
     params:
-        segmentation=config["segmentation"],
+        segmentation=as_json(config["segmentation"]),
+        optional=optional_input_options,
         code=CODE["segment"],
-    script:
-        "../scripts/segment.py"
+    shell:
+        '"$CALCIRAD_PYTHON" -m calcirad.steps segment --subject {wildcards.subject:q}'
+        " --nifti {input.nifti:q} --segmentation {params.segmentation:q} {params.optional}"
+        " --out {output:q} --log {log:q}"
 
 
 rule qc:
@@ -50,8 +53,9 @@ rule qc:
         runtime=10,
     params:
         code=CODE["qc"],
-    script:
-        "../scripts/qc.py"
+    shell:
+        '"$CALCIRAD_PYTHON" -m calcirad.steps qc --subject {wildcards.subject:q}'
+        " --nifti {input.nifti:q} --masks {input.masks:q} --out {output:q} --log {log:q}"
 
 
 rule segmentation_table:
