@@ -531,6 +531,8 @@ def bench_cohort(n: int, args: argparse.Namespace, state: State, work: Path) -> 
 
         out[f"full_c{cores}"] = state.get(f"{key}/full_c{cores}", full_run)
     top = max(args.cores)
+    if n in (args.full_run_only or ()):
+        return out
 
     def noop(run_dir: Path = runs[top], cores: int = top) -> dict:
         # planned jobs: none, unless the workflow's code changed since the full run
@@ -602,6 +604,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         nargs="+",
         help="measure the baselines on these cohort sizes only (default: every cohort)",
+    )
+    parser.add_argument(
+        "--full-run-only",
+        type=int,
+        nargs="+",
+        help="cohort sizes measured by their full runs only (growth): no nothing-to-do and PET"
+        " reruns, no extraction comparison, no baselines",
     )
     parser.add_argument(
         "--extraction-cores",
@@ -763,6 +772,8 @@ def write_results(
             add("end_to_end", r["n"], cores, "rc", full["rc"], "", load)
     md += [""]
     for r in results:
+        if "noop" not in r:  # --full-run-only
+            continue
         noop = r["noop"]
         planned = noop.get("planned") or {}
         md.append(
@@ -939,6 +950,8 @@ def write_results(
     ]
     fractions = []
     for r in results:
+        if "pet_rerun" not in r:  # --full-run-only
+            continue
         pet, full = r["pet_rerun"], r[f"full_c{top}"]
         fraction = _ratio(pet["wall_s"], full["wall_s"])
         fractions.append(fraction)
