@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from snakemake.settings.types import DeploymentMethod
 from snakemake.utils import validate
 
 from calcirad.errors import ConfigError
@@ -83,14 +84,14 @@ CODE = {
 # The per-subject jobs (thousands in a large cohort) are shell commands, `python -m calcirad.steps
 # <step>`, not `script:` jobs: a `script:` costs the DAG build a source-cache lookup per job and
 # each job an import of Snakemake (issue 10). Their python is the one running Snakemake (whose venv
-# need not be activated), or the job's own conda/container environment's. Set here, for the jobs
-# (each job on a cluster parses this file again): it is not something a user provides.
+# need not be activated), or under --sdm conda the job's own environment's (envs/*.yaml install
+# calcirad). Set here, for the jobs (each job on a cluster parses this file again): it is not
+# something a user provides.
 _deployment = workflow.deployment_settings
-os.environ.update(
-    CALCIRAD_PYTHON=(
-        "python" if _deployment and _deployment.deployment_method else sys.executable
-    )
+_in_conda = (
+    bool(_deployment) and DeploymentMethod.CONDA in _deployment.deployment_method
 )
+os.environ.update(CALCIRAD_PYTHON="python" if _in_conda else sys.executable)
 
 
 def as_json(value):
