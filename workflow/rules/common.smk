@@ -62,15 +62,25 @@ if missing_radiomics:
 
 
 # Code versions: a change to a stage's package code reruns that stage (and, through its
-# outputs, what depends on it); a change elsewhere in the package does not.
+# outputs, what depends on it); a change elsewhere in the package does not. The per-subject
+# steps' command line (calcirad.steps.cli, which Snakemake does not see) counts for each of them.
 CODE = {
-    "ingest": code_version("calcirad.dicom", "calcirad.steps.ingest"),
-    "convert": code_version(
-        "calcirad.convert", "calcirad.suv", "calcirad.steps.convert"
+    "ingest": code_version(
+        "calcirad.dicom", "calcirad.steps.ingest", "calcirad.steps.cli"
     ),
-    "segment": code_version("calcirad.segment", "calcirad.steps.segment"),
-    "qc": code_version("calcirad.qc"),
-    "features": code_version("calcirad.features", "calcirad.steps.features"),
+    "convert": code_version(
+        "calcirad.convert",
+        "calcirad.suv",
+        "calcirad.steps.convert",
+        "calcirad.steps.cli",
+    ),
+    "segment": code_version(
+        "calcirad.segment", "calcirad.steps.segment", "calcirad.steps.cli"
+    ),
+    "qc": code_version("calcirad.qc", "calcirad.steps.segment", "calcirad.steps.cli"),
+    "features": code_version(
+        "calcirad.features", "calcirad.steps.features", "calcirad.steps.cli"
+    ),
     "stability": code_version(
         "calcirad.stability", "calcirad.features", "calcirad.steps.stability"
     ),
