@@ -179,7 +179,7 @@ def test_the_segment_command_takes_user_masks_per_modality():
         ["segment", "--subject", "S1", "--nifti", "n", "--out", "o", "--segmentation", "{}",
          "--mask", "ct=masks/a b.nii.gz", "--mask", "t2=rt=1.dcm", "--truth", "t.nii.gz"]
     )  # fmt: skip
-    assert dict(args.mask) == {"ct": "masks/a b.nii.gz", "t2": "rt=1.dcm"}
+    assert args.user_masks == {"ct": "masks/a b.nii.gz", "t2": "rt=1.dcm"}
     assert (args.truth, args.truth_bone, args.segmentation) == ("t.nii.gz", None, {})
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(

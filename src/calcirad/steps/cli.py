@@ -12,8 +12,9 @@ Run ``python -m calcirad.steps <step> --help`` for a step's options.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 
 def _json(text: str) -> object:
@@ -37,62 +38,12 @@ def _modality_path(text: str) -> tuple[str, str]:
     return modality, path
 
 
-def _ingest(args: argparse.Namespace) -> None:
-    from calcirad.steps.ingest import run_ingest
+class _ModalityPaths(argparse.Action):
+    """Repeated ``<modality>=<path>`` options collected into one dict."""
 
-    run_ingest(
-        subject=args.subject,
-        study_dir=args.study,
-        rules=args.rules,
-        pins=args.pins,
-        modalities=args.modalities,
-        out_json=args.out,
-    )
-
-
-def _convert(args: argparse.Namespace) -> None:
-    from calcirad.steps.convert import run_convert
-
-    run_convert(
-        subject=args.subject,
-        inventory_json=args.inventory,
-        study_dir=args.study,
-        out_dir=args.out,
-        conversion=args.conversion,
-    )
-
-
-def _segment(args: argparse.Namespace) -> None:
-    from calcirad.steps.segment import run_segment
-
-    run_segment(
-        subject=args.subject,
-        nifti_dir=args.nifti,
-        out_dir=args.out,
-        segmentation=args.segmentation,
-        truth=args.truth,
-        truth_bone=args.truth_bone,
-        user_masks=dict(args.mask),
-    )
-
-
-def _qc(args: argparse.Namespace) -> None:
-    from calcirad.steps.segment import run_qc
-
-    run_qc(subject=args.subject, nifti_dir=args.nifti, masks_dir=args.masks, out_png=args.out)
-
-
-def _features(args: argparse.Namespace) -> None:
-    from calcirad.steps.features import run_features
-
-    run_features(
-        subject=args.subject,
-        modality=args.modality,
-        nifti_dir=args.nifti,
-        masks_dir=args.masks,
-        params_file=args.params,
-        out_json=args.out,
-    )
+    def __call__(self, parser, namespace, values, option_string=None):
+        modality, path = values
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}), modality: path})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,32 +53,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
 
-    def step(name: str, run: Callable[[argparse.Namespace], None], help_text: str):
+    # Each option's dest is the keyword argument of the step function it is passed to.
+    def step(name: str, function: str, help_text: str):
         sub = steps.add_parser(name, help=help_text, description=help_text)
-        sub.set_defaults(run=run)
+        sub.set_defaults(function=function)
         sub.add_argument("--subject", required=True, help="subject ID (sample sheet)")
         sub.add_argument("--log", help="log file (default: stderr)")
         return sub
 
-    sub = step("ingest", _ingest, "Find, classify and choose a subject's DICOM series.")
-    sub.add_argument("--study", required=True, help="the subject's DICOM folder")
+    sub = step(
+        "ingest",
+        "calcirad.steps.ingest:run_ingest",
+        "Find, classify and choose a subject's DICOM series.",
+    )
+    sub.add_argument("--study", dest="study_dir", required=True, help="the subject's DICOM folder")
     sub.add_argument("--rules", type=_json_object, required=True, help="config `ingest` (JSON)")
     sub.add_argument(
         "--pins", type=_json_object, default={}, help="modality -> pinned series (JSON)"
     )
     sub.add_argument("--modalities", nargs="+", required=True, help="modalities to choose")
-    sub.add_argument("--out", required=True, help="inventory JSON to write")
+    sub.add_argument("--out", dest="out_json", required=True, help="inventory JSON to write")
 
-    sub = step("convert", _convert, "Convert a subject's chosen series to NIfTI (dcm2niix).")
-    sub.add_argument("--inventory", required=True, help="the subject's ingest JSON")
-    sub.add_argument("--study", required=True, help="the subject's DICOM folder")
+    sub = step(
+        "convert",
+        "calcirad.steps.convert:run_convert",
+        "Convert a subject's chosen series to NIfTI (dcm2niix).",
+    )
+    sub.add_argument(
+        "--inventory", dest="inventory_json", required=True, help="the subject's ingest JSON"
+    )
+    sub.add_argument("--study", dest="study_dir", required=True, help="the subject's DICOM folder")
     sub.add_argument(
         "--conversion", type=_json_object, required=True, help="config `conversion` (JSON)"
     )
-    sub.add_argument("--out", required=True, help="folder of NIfTI files to write")
+    sub.add_argument("--out", dest="out_dir", required=True, help="folder of NIfTI files to write")
 
-    sub = step("segment", _segment, "Lesion masks on CT, carried onto every modality's grid.")
-    sub.add_argument("--nifti", required=True, help="the subject's NIfTI folder")
+    sub = step(
+        "segment",
+        "calcirad.steps.segment:run_segment",
+        "Lesion masks on CT, carried onto every modality's grid.",
+    )
+    sub.add_argument("--nifti", dest="nifti_dir", required=True, help="the subject's NIfTI folder")
     sub.add_argument(
         "--segmentation", type=_json_object, required=True, help="config `segmentation` (JSON)"
     )
@@ -135,32 +101,44 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--truth-bone", help="ground-truth normal-bone mask (phantoms)")
     sub.add_argument(
         "--mask",
+        dest="user_masks",
         type=_modality_path,
-        action="append",
-        default=[],
+        action=_ModalityPaths,
+        default={},
         metavar="MODALITY=PATH",
         help="a user mask (NIfTI, RTSTRUCT or SEG) for one modality; repeatable",
     )
-    sub.add_argument("--out", required=True, help="folder of masks to write")
+    sub.add_argument("--out", dest="out_dir", required=True, help="folder of masks to write")
 
-    sub = step("qc", _qc, "The QC figure of a subject's masks.")
-    sub.add_argument("--nifti", required=True, help="the subject's NIfTI folder")
-    sub.add_argument("--masks", required=True, help="the subject's mask folder")
-    sub.add_argument("--out", required=True, help="PNG to write")
+    sub = step("qc", "calcirad.steps.segment:run_qc", "The QC figure of a subject's masks.")
+    sub.add_argument("--nifti", dest="nifti_dir", required=True, help="the subject's NIfTI folder")
+    sub.add_argument("--masks", dest="masks_dir", required=True, help="the subject's mask folder")
+    sub.add_argument("--out", dest="out_png", required=True, help="PNG to write")
 
-    sub = step("features", _features, "pyradiomics features of one subject and modality.")
+    sub = step(
+        "features",
+        "calcirad.steps.features:run_features",
+        "pyradiomics features of one subject and modality.",
+    )
     sub.add_argument("--modality", required=True)
-    sub.add_argument("--nifti", required=True, help="the subject's NIfTI folder")
-    sub.add_argument("--masks", required=True, help="the subject's mask folder")
-    sub.add_argument("--params", required=True, help="pyradiomics parameter file")
-    sub.add_argument("--out", required=True, help="feature JSON to write")
+    sub.add_argument("--nifti", dest="nifti_dir", required=True, help="the subject's NIfTI folder")
+    sub.add_argument("--masks", dest="masks_dir", required=True, help="the subject's mask folder")
+    sub.add_argument(
+        "--params", dest="params_file", required=True, help="pyradiomics parameter file"
+    )
+    sub.add_argument("--out", dest="out_json", required=True, help="feature JSON to write")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    options = vars(build_parser().parse_args(argv))
+    del options["step"]
+    log_file = options.pop("log")
+    # the step's module only now: a job pays for its own step's imports alone
+    module, _, name = options.pop("function").partition(":")
     from calcirad.steps.common import job_log
 
-    with job_log(args.log):
-        args.run(args)
+    function = getattr(importlib.import_module(module), name)
+    with job_log(log_file):
+        function(**options)
     return 0
