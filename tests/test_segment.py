@@ -715,6 +715,27 @@ def test_short_bone_partly_replaced_by_a_mass_stays_bone():
     assert segmentation_metrics(segment_ct(ct), _mask_image(blobs, ct))["dice"] >= 0.8
 
 
+def test_short_bone_fragment_cut_off_by_a_mass_stays_bone():
+    """A 36 mm piece of bone that a mass cut off from the rest of its bone and opened on its side
+    (realistic S012: a 35 mm piece of ischium, 11.5 ml of bone in a TC mask) is mostly marrow,
+    so it stays bone, unlike a small solid calcified mass of the same length (osteosarcoma test)."""
+    rng = np.random.default_rng(27)
+    x, y, z, origin = _grid()
+    hu = _body(x, y, z, rng)
+    axis_ends = ((20, 4, -25), (20, 4, -15))  # 10 mm + two 13 mm caps: 36 mm long in z
+    outer, inner = _capsule(x, y, z, *axis_ends, 13), _capsule(x, y, z, *axis_ends, 9.5)
+    hu[outer & ~inner] = 1400.0
+    hu[inner] = 220.0
+    lesion = _tc_lesion(hu, x, y, z, rng, centre=(40, 10, -20))  # replaces the piece's far side
+    fragment = outer & ~lesion
+    ct = _to_image(hu, origin, rng=rng)
+    found = find_bone(sitk.GetArrayFromImage(ct), spacing=array_spacing(ct), axis=slice_axis(ct))
+    assert (found & fragment).sum() >= 0.9 * fragment.sum()
+    mask = select_lesions(segment_ct(ct), policy="largest")
+    assert ((sitk.GetArrayViewFromImage(mask) > 0) & fragment).sum() <= 0.05 * fragment.sum()
+    assert segmentation_metrics(mask, _mask_image(lesion, ct))["dice"] >= 0.8
+
+
 def test_find_bone_is_memoised_and_read_only(tc_case):
     ct, _, _ = tc_case
     hu = sitk.GetArrayFromImage(ct)

@@ -89,7 +89,9 @@ class ThresholdParams:
     valley_hu: float = 200.0  # ... blurred above cortex_hu but this far below their walls: gaps
     grain_closing_mm: float = 0.0  # >0: close speckled calcification first (thickens flat bone)
     min_skeleton_mm: float = 150.0  # shells this long are skeleton even inside the field of view
-    min_isolated_bone_mm: float = 40.0  # shorter isolated shells are never bone
+    min_isolated_bone_mm: float = 30.0  # shorter isolated shells are never bone
+    short_bone_mm: float = 40.0  # shorter isolated shells need marrow of short_bone_marrow ...
+    short_bone_marrow: float = 0.5  # ... x their own volume: a fragment is mostly marrow
     marrow_min_hu: float = 90.0  # median HU inside an isolated bone (marrow 100-300; MO core < 50)
     marrow_max_hu: float = 400.0  # above: calcific matrix (sediment, lobules), not marrow
     marrow_wall_fraction: float = 0.5  # marrow-density region walled at least this much by cortex
@@ -294,6 +296,11 @@ def _skeletal_shell(
     at the bottom of the scan) at any length, and a bone cut off from the rest by a mass that
     replaced part of it (an isolated ischium) when it is at least ``min_isolated_bone_mm`` long.
     A calcified mass shell that leaves the field of view is therefore still a lesion.
+
+    Below ``short_bone_mm`` an isolated shell must hold marrow of at least ``short_bone_marrow``
+    times its own volume: a bone fragment is mostly marrow, while a small solid calcified mass
+    with a heterogeneous matrix (300-1200 HU) is mostly its own matrix, with marrow-density
+    texture voxels scattered through it.
     """
     labels, count = ndimage.label(shell, structure=np.ones((3, 3, 3), bool))
     keep = np.zeros(count + 1, bool)
@@ -301,7 +308,10 @@ def _skeletal_shell(
         length = extent_mm(bbox, spacing)
         if length >= params.min_skeleton_mm:
             keep[n] = True
-        elif touches_border(bbox, shell.shape) or length >= params.min_isolated_bone_mm:
+            continue
+        border = touches_border(bbox, shell.shape)
+        if border or length >= params.min_isolated_bone_mm:
+            short = not border and length < params.short_bone_mm
             keep[n] = _encloses_marrow(
                 labels[bbox] == n,
                 hu[bbox],
@@ -309,6 +319,7 @@ def _skeletal_shell(
                 spacing=spacing,
                 axis=axis,
                 params=params,
+                min_marrow_of_shell=params.short_bone_marrow if short else 0.0,
             )
     return keep[labels]
 
@@ -321,16 +332,17 @@ def _encloses_marrow(
     spacing: tuple[float, float, float],
     axis: int,
     params: ThresholdParams,
+    min_marrow_of_shell: float = 0.0,
 ) -> bool:
     """Whether a shell encloses marrow: cavities of marrow density (median within
     ``marrow_min_hu``-``marrow_max_hu``, lesion material not counted) make at least a quarter of
-    what it encloses. A bone merged with a calcified lesion shell encloses both marrow and the
+    what it encloses, and at least ``min_marrow_of_shell`` times the shell's own volume. A bone merged with a calcified lesion shell encloses both marrow and the
     lesion's soft core; the shell of a lesion alone encloses no marrow.
 
     A bone that a mass has partly replaced is open on the mass's side, so nothing is enclosed
     topologically; its cortex still surrounds the remaining marrow in-plane (rays meet it in at
     least ``marrow_enclosure`` of 8 directions). Such marrow counts when it is at least a quarter
-    of the shell's own volume.
+    (or ``min_marrow_of_shell``, if more) of the shell's own volume.
     """
     closed = closing(component, params.marrow_closing_mm, spacing)
     inside = fill_holes(closed, axis) & ~component & ~thick
@@ -339,9 +351,18 @@ def _encloses_marrow(
         median = label_median(hu, labels, count)[1:]
         sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
         marrow = (median >= params.marrow_min_hu) & (median <= params.marrow_max_hu)
-        if sizes[marrow].sum() >= 0.25 * sizes.sum():
+        enclosed = sizes[marrow].sum()
+        if enclosed >= 0.25 * sizes.sum() and enclosed >= min_marrow_of_shell * component.sum():
             return True
-    return _surrounds_marrow(component, hu, thick=thick, spacing=spacing, axis=axis, params=params)
+    return _surrounds_marrow(
+        component,
+        hu,
+        thick=thick,
+        spacing=spacing,
+        axis=axis,
+        params=params,
+        min_marrow_of_shell=max(0.25, min_marrow_of_shell),
+    )
 
 
 def _surrounds_marrow(
@@ -352,8 +373,10 @@ def _surrounds_marrow(
     spacing: tuple[float, float, float],
     axis: int,
     params: ThresholdParams,
+    min_marrow_of_shell: float,
 ) -> bool:
-    """Whether a shell that encloses nothing still surrounds marrow in-plane (eroded bone)."""
+    """Whether a shell that encloses nothing still surrounds marrow in-plane (eroded bone): at
+    least ``min_marrow_of_shell`` times its own volume."""
     smooth = ndimage.median_filter(hu, size=3)
     medium = (
         (smooth >= params.marrow_min_hu) & (smooth <= params.marrow_max_hu) & ~component & ~thick
@@ -364,7 +387,7 @@ def _surrounds_marrow(
     surrounded = _without_thin_layers(
         medium & (hits >= params.marrow_enclosure * 8), spacing=spacing, params=params
     )
-    return bool(surrounded.sum() >= 0.25 * component.sum())
+    return bool(surrounded.sum() >= min_marrow_of_shell * component.sum())
 
 
 def _drop_lesion_shells(
