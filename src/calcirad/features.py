@@ -55,7 +55,7 @@ def ct_measures(
     image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float]
 ) -> dict[str, float]:
     """Mean and max HU and calcified fraction (HU >= calcification threshold) of the lesion."""
-    values = image[mask]
+    values = image[mask].astype(np.float64)
     return {
         "conv_mean_hu": float(values.mean()),
         "conv_max_hu": float(values.max()),
@@ -67,7 +67,7 @@ def pet_measures(
     image: np.ndarray, mask: np.ndarray, spacing: tuple[float, float, float]
 ) -> dict[str, float]:
     """SUVmax, SUVmean and SUVpeak (1 cm^3 sphere) of the lesion."""
-    values = image[mask]
+    values = image[mask].astype(np.float64)
     return {
         "conv_suv_max": float(values.max()),
         "conv_suv_mean": float(values.mean()),
@@ -230,9 +230,12 @@ def extract_with_provenance(
 def conventional_measures(
     image: sitk.Image, mask: sitk.Image, *, modality: str
 ) -> dict[str, float]:
-    """``conv_*`` measures on the native grid: volume (ml) + the modality's own measures."""
-    array = sitk.GetArrayFromImage(image).astype(np.float64)
-    inside = sitk.GetArrayFromImage(mask) > 0
+    """``conv_*`` measures on the native grid: volume (ml) + the modality's own measures.
+
+    Each measure casts the voxels it reads to float64 itself: a float64 copy of a whole
+    512 x 512 x 160 CT cost each CT extraction job 0.7 s (issue 10)."""
+    array = sitk.GetArrayViewFromImage(image)
+    inside = sitk.GetArrayViewFromImage(mask) > 0
     spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
     measures = {"conv_volume_ml": float(inside.sum()) * float(np.prod(spacing)) / 1000.0}
     for measure in CONVENTIONAL_MEASURES[modality]:
