@@ -87,10 +87,32 @@ def test_test_profile_is_the_real_profile_with_overrides() -> None:
     for profile in (real, test):
         assert profile["keep-going"] is True and profile["rerun-incomplete"] is True
         assert group_size(profile) >= 1
+    # The profile groups exactly the per-subject rules, and only it: a `group:` in a rule would
+    # cost every local run's DAG and could disagree with the profile.
+    per_subject = per_subject_rules()
+    assert {"ingest", "convert", "segment", "qc", "extract_features"} <= per_subject
+    groups = dict(entry.split("=", 1) for entry in real["groups"])
+    assert groups == dict.fromkeys(per_subject, "subject")
+    assert not re.search(r"^\s+group:", _workflow_rules_text(), re.M)
 
     # Every test request fits the 2-CPU node.
     requests = [test["default-resources"], *test["set-resources"].values()]
     assert all(r["cpus_per_task"] <= 2 and r["mem_mb"] <= 4000 for r in requests)
+
+
+def _workflow_rules_text() -> str:
+    return "".join(p.read_text() for p in sorted((REPO / "workflow" / "rules").glob("*.smk")))
+
+
+def per_subject_rules() -> set[str]:
+    """The workflow's rules with one job per subject: {subject} in their output paths."""
+    rules = re.findall(r"^rule (\w+):\n((?:    .*\n|\n)*)", _workflow_rules_text(), re.M)
+    per_subject = set()
+    for name, body in rules:
+        output = re.search(r"^    output:\n((?:        .*\n)*)", body, re.M)
+        if output and "{subject}" in output.group(1):
+            per_subject.add(name)
+    return per_subject
 
 
 @pytest.mark.slow

@@ -11,8 +11,6 @@ rule convert:
         "logs/convert/{subject}.log",
     benchmark:
         "benchmarks/convert/{subject}.tsv"
-    group:
-        "subject"
     conda:
         "../../envs/ingest.yaml"
     resources:

@@ -14,8 +14,6 @@ rule extract_features:
         "logs/features/{subject}_{modality}.log",
     benchmark:
         "benchmarks/features/{subject}_{modality}.tsv"
-    group:
-        "subject"
     conda:
         "../../envs/features.yaml"
     resources:

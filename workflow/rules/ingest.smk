@@ -11,8 +11,6 @@ rule ingest:
         "logs/ingest/{subject}.log",
     benchmark:
         "benchmarks/ingest/{subject}.tsv"
-    group:
-        "subject"
     conda:
         "../../envs/ingest.yaml"
     resources:

@@ -12,8 +12,6 @@ rule segment:
         "logs/segment/{subject}.log",
     benchmark:
         "benchmarks/segment/{subject}.tsv"
-    group:
-        "subject"
     conda:
         "../../envs/segment.yaml"
     resources:
@@ -44,8 +42,6 @@ rule qc:
         "logs/qc/{subject}.log",
     benchmark:
         "benchmarks/qc/{subject}.tsv"
-    group:
-        "subject"
     conda:
         "../../envs/segment.yaml"
     resources:

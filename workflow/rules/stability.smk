@@ -17,8 +17,6 @@ rule stability_features:
         "logs/stability/{subject}_{modality}.log",
     benchmark:
         "benchmarks/stability/{subject}_{modality}.tsv"
-    group:
-        "subject"
     conda:
         "../../envs/features.yaml"
     resources:
