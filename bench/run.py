@@ -51,7 +51,7 @@ MODALITIES = ("ct", "t1", "t2", "pet")
 # pyradiomics parameter file of each modality in the shipped config (t1 and t2 share mr.yaml)
 PARAM_FILES = {"ct": "ct.yaml", "t1": "mr.yaml", "t2": "mr.yaml", "pet": "pet.yaml"}
 DAG_TARGET_S = 10.0
-DAG_REPEATS = 3  # dry runs of the large sheet; the median is reported
+DAG_REPEATS = 5  # dry runs of the large sheet; the median is reported
 # The workflow is run from a snapshot of the repository taken when the benchmark starts (see
 # take_snapshot): edits made while it runs (hours) must not rerun stages or mix code versions.
 WORKFLOW = {"root": REPO, "env": dict(os.environ)}
@@ -565,8 +565,19 @@ def bench_cohort(n: int, args: argparse.Namespace, state: State, work: Path) -> 
                 str(p.relative_to(run_dir))
                 for p in (run_dir / "results/features/subjects").glob("*/*.json")
             )
-            # targets before --forcerun, which would take them as more rule names
-            command = snakemake(run_dir, cores, *targets, "--forcerun", "extract_features")
+            # targets before --forcerun, which would take them as more rule names. Only mtime
+            # triggers: measured again with later code (--current-code --remeasure), the
+            # extraction jobs must run on the full run's masks, not rerun the stages whose code
+            # version changed.
+            command = snakemake(
+                run_dir,
+                cores,
+                *targets,
+                "--forcerun",
+                "extract_features",
+                "--rerun-triggers",
+                "mtime",
+            )
             result = measure(command, log=run_dir / "bench_extraction.log")
             result["jobs"] = len(targets)
             return result
@@ -621,6 +632,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--resume", action="store_true", help="keep measurements already taken")
     parser.add_argument(
+        "--remeasure",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="with --resume: take these measurements again (keys of the state file, e.g."
+        " dag_1000_<cohort>)",
+    )
+    parser.add_argument(
+        "--current-code",
+        action="store_true",
+        help="with --resume: take new measurements with the working tree's code, not with the"
+        " code the benchmark started with (each measurement records its code)",
+    )
+    parser.add_argument(
         "--any-generator",
         action="store_true",
         help="reuse a cached cohort written by another version of the phantom generator",
@@ -651,9 +676,12 @@ def main(argv: list[str] | None = None) -> int:
     # Measurement keys name their cohort and cores, so runs with other --cores add to one file.
     name = f"{args.size}-seed{args.seed}.json"
     state = State(cache / "state" / name, resume=args.resume, meta=meta)
+    for key in args.remeasure:
+        if state.data["measurements"].pop(key, None) is None:
+            parser.error(f"--remeasure {key}: no such measurement in {state.path}")
     # A resumed benchmark goes on with the code it started with, when that snapshot still exists.
     started_with = state.data["meta"]["workflow_code"]
-    if (cache / "snapshots" / started_with / "Snakefile").is_file():
+    if not args.current_code and (cache / "snapshots" / started_with / "Snakefile").is_file():
         code = started_with
     state.code = code
     snapshot = take_snapshot(code, cache / "snapshots")
@@ -844,16 +872,19 @@ def write_results(
     md += [
         "| cores | "
         + " | ".join(f"{r['n']} subjects: wall s (s / subject)" for r in results)
-        + " | exponent (log wall / log n) |"
+        + " | exponent (log wall / log n) | exponent of CPU s |"
     ]
-    md += ["|---:|" + "---:|" * (len(results) + 1)]
+    md += ["|---:|" + "---:|" * (len(results) + 2)]
     exponents = {}
     for cores in args.cores:
         points = [(r["n"], r[f"full_c{cores}"]["wall_s"]) for r in results]
         exponents[cores] = growth_exponent(points)
+        # CPU time hardly depends on what else ran on the machine; wall time does.
+        cpu = growth_exponent([(r["n"], r[f"full_c{cores}"]["cpu_s"]) for r in results])
         cells = [f"{_f(w, 1)} ({_f(w / n)})" for n, w in points]
-        md.append(f"| {cores} | " + " | ".join(cells) + f" | {_f(exponents[cores])} |")
+        md.append(f"| {cores} | " + " | ".join(cells) + f" | {_f(exponents[cores])} | {_f(cpu)} |")
         add("growth", None, cores, "exponent", exponents[cores], "log-log slope")
+        add("growth", None, cores, "exponent_cpu", cpu, "log-log slope")
     md.append("")
 
     # baselines
@@ -969,14 +1000,15 @@ def write_results(
         md += ["## `snakemake -n` on a large sample sheet", ""]
         md += [
             "| subjects | jobs | runs | wall s (median) | wall s of each run | CPU s (median) |"
-            " load before -> after |",
-            "|---:|---:|---:|---:|---|---:|---|",
+            " load before -> after | workflow code |",
+            "|---:|---:|---:|---:|---|---:|---|---|",
         ]
         for n, d in sorted(dags.items()):
             each = ", ".join(_f(w, 1) for w in d.get("wall_runs", [d["wall_s"]]))
             md.append(
                 f"| {n} | {d['jobs']} | {len(d.get('wall_runs', [1]))} | {_f(d['wall_s'], 1)} |"
                 f" {each} | {_f(d['cpu_s'], 1)} | {d['load_before']} -> {d['load_after']} |"
+                f" {d.get('workflow_code', '')} |"
             )
             add("dag", n, None, "dry_run_wall", d["wall_s"], "s", d["load_before"])
             add("dag", n, None, "dry_run_cpu", d["cpu_s"], "s", d["load_before"])
