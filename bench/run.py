@@ -684,6 +684,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.current_code and (cache / "snapshots" / started_with / "Snakefile").is_file():
         code = started_with
     state.code = code
+    if code != started_with:  # the results name the commit of each code version
+        commits = state.data["meta"]["commit"].split(", ")
+        if meta["commit"] not in commits:
+            state.data["meta"]["commit"] = ", ".join([*commits, meta["commit"]])
+            state.save()
     snapshot = take_snapshot(code, cache / "snapshots")
     print(f"[bench] workflow code {code}, run from the snapshot {snapshot}", flush=True)
     print(f"[bench] cache {cache}; state {state.path}", flush=True)
