@@ -336,8 +336,9 @@ def _encloses_marrow(
 ) -> bool:
     """Whether a shell encloses marrow: cavities of marrow density (median within
     ``marrow_min_hu``-``marrow_max_hu``, lesion material not counted) make at least a quarter of
-    what it encloses, and at least ``min_marrow_of_shell`` times the shell's own volume. A bone merged with a calcified lesion shell encloses both marrow and the
-    lesion's soft core; the shell of a lesion alone encloses no marrow.
+    what it encloses, and at least ``min_marrow_of_shell`` times the shell's own volume. A bone
+    merged with a calcified lesion shell encloses both marrow and the lesion's soft core; the
+    shell of a lesion alone encloses no marrow.
 
     A bone that a mass has partly replaced is open on the mass's side, so nothing is enclosed
     topologically; its cortex still surrounds the remaining marrow in-plane (rays meet it in at
