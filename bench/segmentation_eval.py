@@ -8,7 +8,8 @@ files the workflow sees (dcm2niix output, PET in SUV), then compares the CT mask
 storage order (row flip), so truth is carried onto the CT grid in physical space (nearest
 neighbour) before any comparison.
 
-Prints one row per subject (Dice, HD95, volumes, bone ml, seconds) and per-label / overall medians.
+Prints one row per subject (Dice, HD95, volumes, bone ml, seconds) and per-label / overall medians;
+where a mask holds bone, the progress line and the CSV say where its largest piece of bone lies.
 
 Usage::
 
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from calcirad.errors import SubjectInputError
 from calcirad.segment import (
@@ -114,14 +116,35 @@ def evaluate_subject(
     metrics = segmentation_metrics(mask, truth)
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
     inside = sitk.GetArrayViewFromImage(mask) > 0
-    bone_ml = float((inside & (sitk.GetArrayViewFromImage(bone) > 0)).sum()) * voxel_ml
+    leak = inside & (sitk.GetArrayViewFromImage(bone) > 0)
     return {
         "subject": subject,
         **metrics,
-        "bone_ml": bone_ml,
+        "bone_ml": float(leak.sum()) * voxel_ml,
+        "largest_bone_piece": largest_bone_piece(leak, ct),
         "seconds": seconds,
         "error": error,
     }
+
+
+def largest_bone_piece(leak: np.ndarray, ct: sitk.Image) -> str:
+    """Where the largest connected piece of bone inside a mask lies, for diagnosis: its volume
+    (ml), bounding-box edges (mm, x y z) and centre (LPS mm), e.g. a fragment a mass cut off."""
+    labels, count = ndimage.label(leak, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return ""
+    sizes = np.bincount(labels.ravel())[1:]
+    largest = int(np.argmax(sizes)) + 1
+    box = ndimage.find_objects(labels)[largest - 1]
+    spacing = ct.GetSpacing()  # x, y, z; numpy boxes are z, y, x
+    edges = [(s.stop - s.start) * d for s, d in zip(reversed(box), spacing, strict=True)]
+    centre = ndimage.center_of_mass(labels == largest)[::-1]
+    lps = ct.TransformContinuousIndexToPhysicalPoint([float(c) for c in centre])
+    volume = sizes[largest - 1] * float(np.prod(spacing)) / 1000.0
+    return (
+        f"{volume:.2f} ml, {' x '.join(f'{e:.0f}' for e in edges)} mm at LPS "
+        f"({', '.join(f'{c:.0f}' for c in lps)})"
+    )
 
 
 def _median(values: list[float]) -> float:
@@ -198,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(
             f"{subject} {row['label']:8s} dice={row['dice']:.3f} hd95={row['hd95_mm']:.1f} "
-            f"bone={row['bone_ml']:.2f}ml {row['seconds']:.1f}s {row['error']}",
+            f"bone={row['bone_ml']:.2f}ml {row['seconds']:.1f}s {row['error']}"
+            + (f" largest bone piece: {row['largest_bone_piece']}" if row["bone_ml"] > 0.1 else ""),
             file=sys.stderr,
             flush=True,
         )
