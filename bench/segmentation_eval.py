@@ -138,7 +138,7 @@ def largest_bone_piece(leak: np.ndarray, ct: sitk.Image) -> str:
     box = ndimage.find_objects(labels)[largest - 1]
     spacing = ct.GetSpacing()  # x, y, z; numpy boxes are z, y, x
     edges = [(s.stop - s.start) * d for s, d in zip(reversed(box), spacing, strict=True)]
-    centre = ndimage.center_of_mass(labels == largest)[::-1]
+    centre = ndimage.center_of_mass(leak, labels, largest)[::-1]
     lps = ct.TransformContinuousIndexToPhysicalPoint([float(c) for c in centre])
     volume = sizes[largest - 1] * float(np.prod(spacing)) / 1000.0
     return (
