@@ -39,6 +39,7 @@ from scipy import ndimage
 from calcirad.errors import SubjectInputError
 from calcirad.segment import (
     ExtensionParams,
+    ThresholdParams,
     carry_mask,
     extend_mask,
     segment_ct,
@@ -103,7 +104,13 @@ def evaluate_subject(
         mask = select_lesions(labels, policy=policy)
         guides = {m: images[m] for m in ("t2", "pet") if m in images}
         if extend and guides:
-            mask = extend_mask(ct, mask, images=guides, params=extension).mask
+            mask = extend_mask(
+                ct,
+                mask,
+                images=guides,
+                params=extension,
+                bone_params=ThresholdParams.from_mapping(params),
+            ).mask
         error = ""
     except SubjectInputError as exc:
         mask, error = sitk.Image(ct.GetSize(), sitk.sitkUInt8), str(exc)

@@ -13,9 +13,10 @@ The default ``threshold_components`` method (CPU, a few seconds per subject):
    morphological opening with a ball of diameter ``max_cortex_mm``: cortex is a thin shell and
    vanishes, the bulk of a calcific mass survives (*thick* = lesion material). The thin remainder is
    cortex only where it belongs to the skeleton: a connected shell that leaves the field of view or
-   spans at least ``min_skeleton_mm`` (femora, pelvis), or a long isolated shell around
-   marrow-density content (a bone cut off by a mass). Thin shells of lesions (myositis rim,
-   chondromatosis rings, sediment caps) are small, or enclose soft tissue, so they stay lesion.
+   spans at least ``min_skeleton_mm`` (femora, pelvis), or an isolated shell around
+   marrow-density content (a bone cut off by a mass; a short one must be mostly marrow). Thin
+   shells of lesions (myositis rim, chondromatosis rings, sediment caps) are small, or enclose soft
+   tissue or their own matrix, so they stay lesion.
 3. Bone = skeletal shell + the marrow it encloses (closing by ``marrow_closing_mm`` for flat bones
    whose marrow is a few mm thick; axial 2D + 3D hole filling for tubes and closed shells; enclosed
    regions deeper in-plane than ``max_marrow_radius_mm`` are body cavities, e.g. the pelvic inlet
@@ -24,7 +25,8 @@ The default ``threshold_components`` method (CPU, a few seconds per subject):
    Thick lesion material is never bone, so a mass sitting on the cortex keeps its base.
 4. Lesions = calcified voxels not in bone; thin rinds left on the bone surface are dropped; fluid
    lobules (0-30 HU) reached from the calcification across a few thin septa join (tumoral
-   calcinosis is largely cystic); a closing and hole filling return septa, sediment and soft cores
+   calcinosis is largely cystic; at sub-millimetre pixels, fluid never ``fluid_min_depth_mm``
+   deep is noise in oedema); a closing and hole filling return septa, sediment and soft cores
    enclosed by calcification to the mass; components smaller than ``min_volume_ml`` are noise or
    phleboliths.
 """
@@ -89,13 +91,14 @@ class ThresholdParams:
     valley_hu: float = 200.0  # ... blurred above cortex_hu but this far below their walls: gaps
     grain_closing_mm: float = 0.0  # >0: close speckled calcification first (thickens flat bone)
     min_skeleton_mm: float = 150.0  # shells this long are skeleton even inside the field of view
-    min_isolated_bone_mm: float = 30.0  # shorter isolated shells are never bone
+    min_isolated_bone_mm: float = 20.0  # shorter isolated shells are never bone
     short_bone_mm: float = 40.0  # shorter isolated shells need marrow of short_bone_marrow ...
     short_bone_marrow: float = 0.5  # ... x their own volume: a fragment is mostly marrow
     marrow_min_hu: float = 90.0  # median HU inside an isolated bone (marrow 100-300; MO core < 50)
     marrow_max_hu: float = 400.0  # above: calcific matrix (sediment, lobules), not marrow
     marrow_wall_fraction: float = 0.5  # marrow-density region walled at least this much by cortex
     marrow_enclosure: float = 0.5  # ... and each voxel sees cortex in this fraction of 8 directions
+    fragment_enclosure: float = 0.375  # as marrow_enclosure, for a bone cut off by a mass
     marrow_closing_mm: float = 3.0  # seals the few-mm marrow of flat bones (acetabulum, pelvis)
     min_marrow_mm: float = 3.0  # thinner marrow-density layers inside a shell are partial volume
     max_marrow_radius_mm: float = 30.0  # deeper enclosed regions are body cavities, not marrow
@@ -105,6 +108,7 @@ class ThresholdParams:
     fluid_min_hu: float = -30.0  # fluid range after a 3x3x3 median (fat is ~-100)
     fluid_max_hu: float = 22.0  # TC fluid is 0-25 HU; oedematous muscle 25-40 and muscle 40-60 HU
     fluid_max_radius_mm: float = 25.0  # deeper fluid is bladder / effusion, not a lobule
+    fluid_min_depth_mm: float = 3.0  # shallower fluid regions are noise (sub-mm pixels only)
     septum_mm: float = 3.5  # soft-tissue wall a hop may cross between lobules
     fluid_hops: float = 3.0  # lobule walls crossed from the calcification at most
     closing_mm: float = 3.0  # merges lobules and seals capsules before hole filling
@@ -300,8 +304,11 @@ def _skeletal_shell(
     Below ``short_bone_mm`` an isolated shell must hold marrow of at least ``short_bone_marrow``
     times its own volume: a bone fragment is mostly marrow, while a small solid calcified mass
     with a heterogeneous matrix (300-1200 HU) is mostly its own matrix, with marrow-density
-    texture voxels scattered through it.
+    texture voxels scattered through it. The marrow of an isolated shell needs cortex in only
+    ``fragment_enclosure`` of 8 in-plane directions: the mass that cut the fragment off lies on
+    one side of it, where its marrow is open.
     """
+    isolated = dataclasses.replace(params, marrow_enclosure=params.fragment_enclosure)
     labels, count = ndimage.label(shell, structure=np.ones((3, 3, 3), bool))
     keep = np.zeros(count + 1, bool)
     for n, bbox in enumerate(ndimage.find_objects(labels), start=1):
@@ -318,7 +325,7 @@ def _skeletal_shell(
                 thick=thick[bbox],
                 spacing=spacing,
                 axis=axis,
-                params=params,
+                params=params if border else isolated,
                 min_marrow_of_shell=params.short_bone_marrow if short else 0.0,
             )
     return keep[labels]
@@ -619,8 +626,15 @@ def _fluid(
     """Fluid-density regions (median-filtered HU in the fluid range) that could be lesion lobules.
 
     The 3x3x3 median brings noise below the 10-40 HU gap between fluid and muscle; an opening
-    removes the one-voxel bands where fat and muscle average to fluid values; regions deeper in-plane
-    than ``fluid_max_radius_mm`` are the bladder or large effusions, not lobules.
+    removes the one-voxel bands where fat and muscle average to fluid values; regions deeper
+    in-plane than ``fluid_max_radius_mm`` are the bladder or large effusions, not lobules.
+
+    Regions never ``fluid_min_depth_mm`` deep in-plane are dropped where pixels are at most half
+    that: a 3x3x3 median then spans only 2-3 mm, and the noise-low voxels of oedematous muscle
+    (25-40 HU, next to the 0-25 HU of a lobule) form a sponge of shallow 'fluid' around a mass.
+    The cost: a lobule near the top of the fluid range (20-25 HU) in a noisy scan is as patchy
+    and can be lost with it. At coarser pixels the median already spans that scale (and any voxel
+    is one pixel deep), so nothing changes there.
     """
     smooth = median3(hu)
     fluid = (smooth >= params.fluid_min_hu) & (smooth <= params.fluid_max_hu) & ~bone
@@ -629,8 +643,11 @@ def _fluid(
     if count == 0:
         return fluid
     sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
-    depth = distance_mm(fluid, sampling)
-    keep = label_maximum(depth, labels, count) <= params.fluid_max_radius_mm
+    deepest = label_maximum(distance_mm(fluid, sampling), labels, count)
+    keep = deepest <= params.fluid_max_radius_mm
+    in_plane = min(s for a, s in enumerate(spacing) if a != axis)
+    if in_plane <= params.fluid_min_depth_mm / 2:
+        keep &= deepest >= params.fluid_min_depth_mm
     keep[0] = False
     return keep[labels]
 

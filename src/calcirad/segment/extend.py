@@ -121,18 +121,21 @@ def extend_mask(
     *,
     images: Mapping[str, sitk.Image],
     params: ExtensionParams | None = None,
+    bone_params: ThresholdParams | None = None,
 ) -> ExtendedMask:
     """Add non-calcified lesion parts from ``images`` (keys ``t2`` and/or ``pet``) to ``lesion``.
 
     ``lesion`` is a binary/label mask on the CT grid; ``images`` share the CT's frame of reference.
-    Other keys are ignored. Returns the extended binary mask and the contributing modalities.
+    Other keys are ignored. ``bone_params`` find the normal bone the extension must not enter:
+    give those the CT segmentation used, so both see the same bone (and it is computed once).
+    Returns the extended binary mask and the contributing modalities.
     """
     p = params or ExtensionParams()
     spacing = array_spacing(ct)
     core = mask_array(lesion)
     hu = sitk.GetArrayFromImage(ct).astype(np.float32)
     axis = slice_axis(ct)
-    bone = find_bone(hu, spacing=spacing, axis=axis, params=ThresholdParams())
+    bone = find_bone(hu, spacing=spacing, axis=axis, params=bone_params or ThresholdParams())
     allowed = ~bone
     # Fat is bright on T2 and air is nothing: a lesion part is soft tissue or fluid on CT.
     smooth = median3(hu)

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from calcirad.atomic import atomic_path
 from calcirad.errors import SubjectInputError
 from calcirad.segment import (
+    ThresholdParams,
     carry_mask,
     extend_mask,
     muscle_reference_mask,
@@ -146,7 +147,13 @@ def _auto_ct_mask(
     }
     if not guides:
         return ct_mask, ["ct"], n_lesions
-    extended = extend_mask(images["ct"], ct_mask, images=guides)
+    # The extension must avoid the same bone the CT method excluded (and reuse it, memoised).
+    bone_params = (
+        ThresholdParams.from_mapping(params)
+        if segmentation["method"] == "threshold_components"
+        else None
+    )
+    extended = extend_mask(images["ct"], ct_mask, images=guides, bone_params=bone_params)
     return extended.mask, list(extended.sources), n_lesions
 
 
