@@ -130,6 +130,16 @@ def extent_mm(bbox: tuple[slice, ...], spacing: tuple[float, ...]) -> float:
     return max((s.stop - s.start) * sp for s, sp in zip(bbox, spacing, strict=True))
 
 
+def in_plane_spacing(spacing: tuple[float, ...], axis: int) -> float:
+    """Finest pixel spacing (mm) within the planes perpendicular to ``axis`` (the slice axis)."""
+    return min(s for a, s in enumerate(spacing) if a != axis)
+
+
+def in_plane_sampling(spacing: tuple[float, ...], axis: int) -> list[float]:
+    """``spacing`` with 1e9 along ``axis``: ``distance_mm`` with it measures in-plane depth only."""
+    return [1e9 if a == axis else s for a, s in enumerate(spacing)]
+
+
 def in_plane_structure(axis: int, *, diagonal: bool = False) -> np.ndarray:
     """3x3x3 connectivity that links voxels within the planes perpendicular to ``axis`` only.
 

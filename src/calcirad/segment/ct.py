@@ -52,6 +52,8 @@ from calcirad.segment._grid import (
     extent_mm,
     fill_holes,
     grown_box,
+    in_plane_sampling,
+    in_plane_spacing,
     in_plane_structure,
     label_maximum,
     label_median,
@@ -389,7 +391,7 @@ def _surrounds_marrow(
     medium = (
         (smooth >= params.marrow_min_hu) & (smooth <= params.marrow_max_hu) & ~component & ~thick
     )
-    in_plane = min(s for a, s in enumerate(spacing) if a != axis)
+    in_plane = in_plane_spacing(spacing, axis)
     reach = int(np.ceil(2 * params.max_marrow_radius_mm / in_plane))
     hits = enclosing_directions(medium, component, axis, reach_voxels=reach)
     surrounded = _without_thin_layers(
@@ -457,7 +459,7 @@ def _ray_enclosed(
     ``max_marrow_radius_mm``. A gout tophus or a sediment layer merged with the marrow of the bone
     it erodes bulges out of the bone outline: its outer rays end in soft tissue."""
     medium = _marrow_density(smooth, shell, thick=thick, params=params)
-    in_plane = min(s for a, s in enumerate(spacing) if a != axis)
+    in_plane = in_plane_spacing(spacing, axis)
     reach = int(np.ceil(2 * params.max_marrow_radius_mm / in_plane))
     hits = enclosing_directions(medium, shell, axis, reach_voxels=reach)
     return medium & (hits >= params.marrow_enclosure * 8)
@@ -490,7 +492,7 @@ def _walled_marrow(
     wall = np.bincount(facing, weights=shell[ring], minlength=count + 1)
     outline = np.bincount(facing, minlength=count + 1)
     walled = wall >= params.marrow_wall_fraction * np.maximum(outline, 1)
-    sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
+    sampling = in_plane_sampling(spacing, axis)
     depth = distance_mm(labels > 0, sampling)
     shallow = label_maximum(depth, labels, count) <= params.max_marrow_radius_mm
     keep = walled & shallow
@@ -529,7 +531,7 @@ def _enclosed_marrow(
         return sealed, np.zeros_like(shell)
     # In-plane depth (huge spacing along the slice axis makes the EDT two-dimensional): the pelvic
     # inlet is enclosed only within axial slices and may be short in z.
-    sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
+    sampling = in_plane_sampling(spacing, axis)
     depth = distance_mm(holes, sampling)
     shallow = label_maximum(depth, labels, count)[1:] <= params.max_marrow_radius_mm
     del depth
@@ -642,10 +644,10 @@ def _fluid(
     labels, count = ndimage.label(fluid)
     if count == 0:
         return fluid
-    sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
+    sampling = in_plane_sampling(spacing, axis)
     deepest = label_maximum(distance_mm(fluid, sampling), labels, count)
     keep = deepest <= params.fluid_max_radius_mm
-    in_plane = min(s for a, s in enumerate(spacing) if a != axis)
+    in_plane = in_plane_spacing(spacing, axis)
     if in_plane <= params.fluid_min_depth_mm / 2:
         keep &= deepest >= params.fluid_min_depth_mm
     keep[0] = False

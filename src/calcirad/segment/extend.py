@@ -34,6 +34,7 @@ from calcirad.segment._grid import (
     distance_mm,
     fill_holes,
     grown_box,
+    in_plane_sampling,
     label_maximum,
     mask_array,
     median3,
@@ -184,7 +185,7 @@ def _large_fluid(
     labels, count = ndimage.label(fluid)
     if count == 0:
         return fluid
-    sampling = [1e9 if a == axis else s for a, s in enumerate(spacing)]
+    sampling = in_plane_sampling(spacing, axis)
     depth = distance_mm(fluid, sampling)
     deep = label_maximum(depth, labels, count) > params.max_fluid_radius_mm
     deep[0] = False
