@@ -1068,7 +1068,8 @@ def test_oedema_around_a_mass_is_not_taken_for_fluid_lobules_at_submillimetre_vo
     """Oedema (25-40 HU) is just above the fluid range (<= 22 HU after a 3x3x3 median). At 0.8 mm
     pixels the median spans 2.4 mm, and the noise-low voxels of the oedema form a sponge of
     'fluid' touching the mass; read as lobules (with their capsules) it made a 351 ml mask of a
-    57 ml myositis (held-out S022, Dice 0.28). Lobules are thicker than that sponge."""
+    57 ml myositis (held-out S022, Dice 0.28). At such pixels a fluid region must be 3 mm deep
+    in-plane (fluid_min_depth_mm); the sponge never is."""
     ct, lesion = _early_myositis_in_oedema(seed, noise=20.0)
     mask = select_lesions(segment_ct(ct), policy="all")
     voxels = sitk.GetArrayViewFromImage(mask) > 0
